@@ -1,0 +1,27 @@
+# One-command entry points. `make demo` and `make test` set up .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# the CPU wheel; on a GPU box use e.g. `make setup TORCH=torch` for the CUDA build
+TORCH ?= torch==2.13.0
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup demo test test-quick
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m src.train +experiment=demo
+
+test: setup
+	$(PY) -m pytest -n $(PYTEST_WORKERS)
+
+# everything but the tests marked slow (real-model trainings)
+test-quick: setup
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow"

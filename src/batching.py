@@ -1,0 +1,146 @@
+"""Batching: length-grouped (and resumable, DDP-aware) batch sampling, and pair collation.
+
+Padding is the main waste when training on sentences: a batch pads to its longest sentence, so
+drawing batches from neighbours in length cuts the padded tokens several-fold. Randomness is kept
+the way Hugging Face's `group_by_length` keeps it: shuffle, cut into mega-batches, sort inside each.
+"""
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+class PairBatchSampler(Sampler[list[int]]):
+    """Yields lists of dataset indices, one list per batch, for one rank.
+
+    - `shuffle=False` (evaluation): batches of length-sorted indices, so each pads minimally.
+    - `shuffle=True, group_by_length=False`: plain seeded random order (the reference recipe).
+    - `shuffle=True, group_by_length=True`: random mega-batches of `mega_batch_mult * batch_size`
+      indices, sorted by length inside, cut into batches, then the batch order shuffled.
+
+    The order is a pure function of (seed, epoch), so every rank computes the same batches and
+    takes every `num_replicas`-th one. For training (`even_ranks=True`) ranks are padded with
+    repeated batches so all step together; for evaluation they are not, and nothing is repeated.
+    `resume_at(epoch, n)` resumes mid-epoch: the next pass over that epoch starts at batch `n`.
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        group_by_length: bool = True,
+        seed: int = 42,
+        num_replicas: int = 1,
+        rank: int = 0,
+        even_ranks: bool = True,
+        mega_batch_mult: int = 50,
+    ) -> None:
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.even_ranks = even_ranks
+        self.mega_batch_mult = mega_batch_mult
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self._resume = (epoch, batches_done)
+
+    def pending_skip(self) -> int:
+        """How many batches the coming pass over the current epoch skips."""
+        return self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+
+    def _all_batches(self) -> list[np.ndarray]:
+        n = len(self.lengths)
+        if not self.shuffle:
+            order = np.argsort(-self.lengths, kind="stable")
+            return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n)
+        if not self.group_by_length:
+            return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        mega = self.batch_size * self.mega_batch_mult
+        batches = []
+        for start in range(0, n, mega):
+            chunk = order[start : start + mega]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def _rank_batches(self) -> list[np.ndarray]:
+        batches = self._all_batches()
+        if self.even_ranks and self.num_replicas > 1 and len(batches) % self.num_replicas:
+            pad = self.num_replicas - len(batches) % self.num_replicas
+            batches = batches + batches[:pad]
+        return batches[self.rank :: self.num_replicas]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self._resume = self.pending_skip(), None
+        for batch in self._rank_batches()[skip:]:
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        n_batches = -(-len(self.lengths) // self.batch_size)
+        if self.even_ranks:
+            return -(-n_batches // self.num_replicas)
+        return len(range(self.rank, n_batches, self.num_replicas))
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position inside the epoch is saved in Lightning checkpoints.
+
+    Lightning stores `state_dict()` of any stateful training loader and hands it back on resume,
+    so a run killed mid-epoch continues with the next unseen batch rather than restarting the epoch.
+    The count is of batches handed to the training loop, not of batches workers prefetched.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yielded = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self._yielded = self.batch_sampler.pending_skip()
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batch_sampler.epoch, "batches_yielded": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume_at(state["epoch"], state["batches_yielded"])
+
+
+class PairCollator:
+    """Pads the two sentences of every pair into one `[2 * batch, longest]` tensor.
+
+    Rows `0..B-1` are the first sentences and `B..2B-1` the second ones, so the encoder runs one
+    forward pass per batch instead of one per column.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
+        sequences = rows["input_ids_a"] + rows["input_ids_b"]
+        longest = max(len(s) for s in sequences)
+        input_ids = np.full((len(sequences), longest), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(sequences), longest), dtype=np.int64)
+        for i, seq in enumerate(sequences):
+            input_ids[i, : len(seq)] = seq
+            attention_mask[i, : len(seq)] = 1
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "score": torch.tensor(rows["score"], dtype=torch.float32),
+            "index": torch.tensor(rows["index"], dtype=torch.long),
+        }

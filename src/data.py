@@ -1,0 +1,427 @@
+"""Sentence-pair data: reading and cleaning pair files, label maps, tokenization, the DataModule.
+
+A split is a file (local, or a file of a Hub dataset repo) with two text columns and a label
+column. Labels become float target scores through a named label map. Rows with an unknown label
+or an empty text are dropped and counted; anything that makes a whole split unusable raises
+`UserInputError` naming the file, row and column, before any model is loaded.
+"""
+import csv
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import datasets
+import lightning as L
+import numpy as np
+from datasets.fingerprint import Hasher
+from torch.utils.data import Dataset
+
+from src.batching import PairBatchSampler, PairCollator, ResumableDataLoader
+from src.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+FLOAT_LABELS = "float"  # a label map given as this string passes numeric labels through
+CACHE_VERSION = "1"  # bump when the tokenized layout changes
+DEFAULT_SIMILARITY_MAP = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
+
+
+@dataclass(frozen=True)
+class PairColumns:
+    """Which columns of a pair file hold what. `group` (optional) ties rows that share a premise."""
+
+    sentence1: str = "translation1"
+    sentence2: str = "translation2"
+    label: str = "original_label"
+    group: str | None = "promptID"
+
+
+@dataclass
+class PairTable:
+    """The usable rows of one split, and what was dropped on the way."""
+
+    sentence1: list[str] = field(default_factory=list)
+    sentence2: list[str] = field(default_factory=list)
+    score: list[float] = field(default_factory=list)
+    label: list[str] = field(default_factory=list)
+    group: list[str] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+
+
+def normalize_label(value: Any) -> str:
+    """Label names match case- and whitespace-insensitively ('Entailment ' == 'entailment')."""
+    return " ".join(str(value).split()).lower()
+
+
+def resolve_label_map(name: str, label_maps: Mapping[str, Any]) -> dict[str, float] | None:
+    """The map named `name` as {normalized label: score}, or None for float pass-through."""
+    if name not in label_maps:
+        raise UserInputError(f"data.label_map: unknown label map {name!r}; known: {', '.join(label_maps)}")
+    mapping = label_maps[name]
+    if mapping == FLOAT_LABELS:
+        return None
+    return {normalize_label(label): float(score) for label, score in mapping.items()}
+
+
+def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, record) for a .jsonl/.json/.csv/.tsv/.parquet file; rows count from 1."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+                yield i, row
+        elif suffix in (".csv", ".tsv"):
+            with path.open(encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                for i, row in enumerate(reader, start=1):
+                    yield i, row
+        elif suffix in (".jsonl", ".json"):
+            yield from _iter_json(path)
+        else:
+            raise UserInputError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv, .tsv or .parquet)")
+    except UnicodeDecodeError as e:
+        row = _line_of_byte(path, e.start)
+        raise UserInputError(f"{path}: row {row}: bytes that are not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open("rb") as f:
+        head = f.read(64).lstrip()
+    if head.startswith(b"["):  # a JSON array of records
+        with path.open(encoding="utf-8") as f:
+            try:
+                records = json.load(f)
+            except json.JSONDecodeError as e:
+                raise UserInputError(f"{path}: row {e.lineno}: not valid JSON ({e.msg})") from None
+        yield from enumerate(records, start=1)
+        return
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserInputError(f"{path}: row {i}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise UserInputError(f"{path}: row {i}: expected a JSON object, got {type(record).__name__}")
+            yield i, record
+
+
+def _line_of_byte(path: Path, offset: int) -> int:
+    """1-based line number of a byte offset; for UTF-8 errors, which report bytes, not lines."""
+    with path.open("rb") as f:
+        return f.read(offset).count(b"\n") + 1
+
+
+def read_pairs(path: Path, columns: PairColumns, label_map: dict[str, float] | None) -> PairTable:
+    """Read one split into a PairTable, validating columns and labels."""
+    table = PairTable()
+    unknown: Counter = Counter()
+    wanted = [columns.sentence1, columns.sentence2, columns.label]
+    checked_columns = False
+    for row, record in iter_rows(path):
+        if not checked_columns:
+            checked_columns = True
+            missing = [c for c in wanted if c not in record]
+            if missing:
+                raise UserInputError(
+                    f"{path}: row {row}: no column {missing[0]!r} (columns: {', '.join(map(str, record))})"
+                )
+        s1, s2, raw = record.get(columns.sentence1), record.get(columns.sentence2), record.get(columns.label)
+        if not isinstance(s1, str) or not s1.strip() or not isinstance(s2, str) or not s2.strip():
+            table.dropped["empty text"] += 1
+            continue
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            table.dropped["missing label"] += 1
+            continue
+        if label_map is None:
+            try:
+                score = float(raw)
+            except (TypeError, ValueError):
+                raise UserInputError(
+                    f"{path}: row {row}: column {columns.label!r}: label {raw!r} is not a number "
+                    "(data.label_map=float needs numeric scores; use a named map for class labels)"
+                ) from None
+            if not math.isfinite(score):
+                raise UserInputError(f"{path}: row {row}: column {columns.label!r}: label {raw!r} is not finite")
+        else:
+            key = normalize_label(raw)
+            if key not in label_map:
+                unknown[key] += 1
+                table.dropped[f"unknown label {key!r}"] += 1
+                continue
+            score = label_map[key]
+        table.sentence1.append(s1)
+        table.sentence2.append(s2)
+        table.score.append(score)
+        table.label.append(normalize_label(raw))
+        table.group.append(str(record.get(columns.group, row)) if columns.group else str(row))
+    if not table.score:
+        if unknown:
+            counts = ", ".join(f"{label!r} x{n}" for label, n in unknown.most_common())
+            raise UserInputError(
+                f"{path}: column {columns.label!r}: no label is in the label map (found {counts}; "
+                f"the map knows {', '.join(map(repr, label_map))})"
+            )
+        raise UserInputError(f"{path}: no usable rows (dropped: {dict(table.dropped) or 'the file is empty'})")
+    if table.dropped:
+        log.warning("%s: kept %d rows, dropped %s", path, len(table.score), dict(table.dropped))
+    return table
+
+
+def split_by_group(groups: list[str], fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Assign whole groups (rows sharing a premise) to splits, so no premise sits on both sides.
+
+    Returns row indices per split name; `fractions` names the carved splits (e.g. val, test) and
+    what is left is `train`. Deterministic in `seed`.
+    """
+    unique = sorted(set(groups))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    group_split: dict[str, str] = {}
+    start = 0
+    for name, fraction in fractions.items():
+        count = int(round(fraction * len(unique)))
+        for i in order[start : start + count]:
+            group_split[unique[i]] = name
+        start += count
+    assignment = np.array([group_split.get(g, "train") for g in groups])
+    return {name: np.flatnonzero(assignment == name) for name in ("train", *fractions)}
+
+
+class TokenizedPairs(Dataset):
+    """A tokenized split backed by Arrow; batches are fetched column-wise in one call.
+
+    Each batch carries its rows' positions in the split (`index`), which lets metrics drop the
+    samples repeated to even out DDP ranks.
+    """
+
+    COLUMNS = ["input_ids_a", "input_ids_b", "score"]
+
+    def __init__(self, table: datasets.Dataset) -> None:
+        self.table = table
+        self._columns = table.select_columns(self.COLUMNS)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self._columns[i], "index": i}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, list]:
+        return {**self._columns[indices], "index": list(indices)}
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Padded length each pair needs: the longer of its two sentences."""
+        return np.asarray(self.table["max_length"])
+
+
+class PairDataModule(L.LightningDataModule):
+    """Sentence pairs with float targets for bi-encoder training and evaluation.
+
+    Each split comes from its own file, or is carved out of the train file by `val_fraction` /
+    `test_fraction` (whole groups at a time). Files are read, cleaned and tokenized once; the result
+    is cached under `cache_dir` keyed by the file's identity and every setting that shapes it.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        max_seq_length: int,
+        train_file: str | None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        hub_dataset: str | None = None,
+        hub_revision: str | None = None,
+        columns: Mapping[str, str | None] | None = None,
+        label_map: str = "similarity",
+        label_maps: Mapping[str, Any] | None = None,
+        val_fraction: float = 0.0,
+        test_fraction: float = 0.0,
+        split_seed: int = 42,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        group_by_length: bool = True,
+        seed: int = 42,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.tokenizer_name = tokenizer
+        self.max_seq_length = max_seq_length
+        self.files = {"train": train_file, "val": val_file, "test": test_file}
+        self.hub_dataset = hub_dataset
+        self.hub_revision = hub_revision
+        self.columns = PairColumns(**(columns or {}))
+        self.label_map_name = label_map
+        self.label_map = resolve_label_map(label_map, label_maps or {"similarity": DEFAULT_SIMILARITY_MAP})
+        self.fractions = {name: f for name, f in (("val", val_fraction), ("test", test_fraction)) if f > 0}
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.group_by_length = group_by_length
+        self.seed = seed
+        self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "hebrew-sentence-embeddings")
+        self.trust_remote_code = trust_remote_code
+        self.splits: dict[str, datasets.Dataset] = {}
+        self._tokenizer = None
+        for name, fraction in self.fractions.items():
+            if self.files[name]:
+                raise UserInputError(f"data.{name}_fraction: set, but data.{name}_file is set too; use one")
+            if not 0 < fraction < 1:
+                raise UserInputError(f"data.{name}_fraction: {fraction} is not between 0 and 1")
+        if not train_file:
+            raise UserInputError("data.train_file: not set")
+
+    # -- reading and caching --------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from src.model import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.tokenizer_name, self.max_seq_length, self.trust_remote_code)
+        return self._tokenizer
+
+    def _local_path(self, split: str) -> Path:
+        """The split's file on disk, fetched from the Hub dataset repo when it is not a local file."""
+        name = self.files[split]
+        path = Path(name).expanduser()
+        if path.is_file():
+            return path
+        if self.hub_dataset is None:
+            raise UserInputError(f"data.{split}_file: file not found: {path.resolve()}")
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(
+                hf_hub_download(self.hub_dataset, name, repo_type="dataset", revision=self.hub_revision)
+            )
+        except Exception as e:  # offline, missing file, no access: all the user's to fix
+            raise UserInputError(
+                f"data.{split}_file: cannot get {name!r} from the Hub dataset {self.hub_dataset!r} "
+                f"({type(e).__name__}: the Hub may be unreachable from here); "
+                f"download it and set data.{split}_file=/path/to/{Path(name).name}"
+            ) from None
+
+    def _cache_path(self, path: Path) -> Path:
+        stat = path.stat()
+        key = Hasher.hash(
+            [
+                CACHE_VERSION,
+                str(path.resolve()),
+                stat.st_size,
+                stat.st_mtime_ns,
+                self.columns,
+                self.label_map,
+                self.tokenizer_name,
+                self.max_seq_length,
+            ]
+        )
+        return self.cache_dir / "tokenized" / f"{path.stem}-{key}.arrow"
+
+    def load_split_file(self, split: str) -> datasets.Dataset:
+        """Read, clean and tokenize a split's file, or load the cached result."""
+        path = self._local_path(split)
+        cache = self._cache_path(path)
+        if cache.exists():
+            return datasets.Dataset.from_file(str(cache))
+        table = read_pairs(path, self.columns, self.label_map)
+        raw = datasets.Dataset.from_dict(
+            {
+                "sentence1": table.sentence1,
+                "sentence2": table.sentence2,
+                "score": table.score,
+                "label": table.label,
+                "group": table.group,
+            }
+        )
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        return raw.map(
+            tokenize_pairs,
+            batched=True,
+            batch_size=2000,
+            fn_kwargs={"tokenizer": self.tokenizer, "max_length": self.max_seq_length},
+            cache_file_name=str(cache),
+            desc=f"tokenizing {path.name}",
+        )
+
+    def prepare_data(self) -> None:
+        """Validate and cache every split (rank 0 only under DDP). Cheap when cached."""
+        for split in SPLITS:
+            if self.files[split]:
+                self.load_split_file(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        for split in SPLITS:
+            if self.files[split]:
+                self.splits[split] = self.load_split_file(split)
+        if self.fractions:
+            train = self.splits["train"]
+            carved = split_by_group(train["group"], self.fractions, self.split_seed)
+            for split, indices in carved.items():
+                self.splits[split] = train.select(indices)
+        for split, table in self.splits.items():
+            if len(table) == 0:
+                raise UserInputError(
+                    f"data: the {split} split has no rows (val_fraction={self.fractions.get('val', 0)}, "
+                    f"test_fraction={self.fractions.get('test', 0)}); adjust the fractions or add data"
+                )
+
+    # -- loaders -----------------------------------------------------------------------------------
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, split: str, train: bool) -> ResumableDataLoader:
+        pairs = TokenizedPairs(self.splits[split])
+        world_size, rank = self._rank()
+        sampler = PairBatchSampler(
+            pairs.lengths,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            group_by_length=self.group_by_length,
+            seed=self.seed,
+            num_replicas=world_size,
+            rank=rank,
+            even_ranks=train,
+        )
+        return ResumableDataLoader(
+            pairs,
+            batch_sampler=sampler,
+            collate_fn=PairCollator(self.tokenizer.pad_token_id),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> ResumableDataLoader | list:
+        return self._loader("val", train=False) if "val" in self.splits else []
+
+    def test_dataloader(self) -> ResumableDataLoader | list:
+        return self._loader("test", train=False) if "test" in self.splits else []
+
+    def has_split(self, split: str) -> bool:
+        return bool(self.files[split]) or split in self.fractions
+
+
+def tokenize_pairs(batch: dict[str, list], tokenizer, max_length: int) -> dict[str, list]:
+    """Token ids of both sentences (with special tokens, truncated, unpadded) and the longer length."""
+    a = tokenizer(batch["sentence1"], truncation=True, max_length=max_length)["input_ids"]
+    b = tokenizer(batch["sentence2"], truncation=True, max_length=max_length)["input_ids"]
+    return {"input_ids_a": a, "input_ids_b": b, "max_length": [max(len(x), len(y)) for x, y in zip(a, b)]}

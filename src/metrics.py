@@ -1,0 +1,66 @@
+"""The ten numbers of sentence-transformers' EmbeddingSimilarityEvaluator, as a torchmetrics Metric.
+
+State is the full set of (embedding pair, target) scores, so the correlations are computed over
+the whole split, gathered across ranks under DDP. Each sample carries its dataset index and
+duplicates (the padding a DistributedSampler adds to even out ranks) are dropped before computing.
+"""
+import torch
+from torchmetrics import Metric
+from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
+
+SIMILARITY_FUNCTIONS = ("cosine", "manhattan", "euclidean", "dot")
+METRIC_NAMES = tuple(
+    f"{stat}_{fn}" for fn in (*SIMILARITY_FUNCTIONS, "max") for stat in ("pearson", "spearman")
+)
+
+
+def pair_similarities(emb_a: torch.Tensor, emb_b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The four similarity scores of each pair; distances are negated so higher means closer."""
+    emb_a, emb_b = emb_a.double(), emb_b.double()
+    return {
+        "cosine": torch.nn.functional.cosine_similarity(emb_a, emb_b, dim=-1),
+        "manhattan": -(emb_a - emb_b).abs().sum(dim=-1),
+        "euclidean": -(emb_a - emb_b).pow(2).sum(dim=-1).sqrt(),
+        "dot": (emb_a * emb_b).sum(dim=-1),
+    }
+
+
+class EmbeddingSimilarityMetrics(Metric):
+    """Pearson and Spearman of cosine, manhattan, euclidean and dot similarity against the targets,
+    plus the max of the four for each statistic."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in (*SIMILARITY_FUNCTIONS, "target", "index"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, emb_a: torch.Tensor, emb_b: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> None:
+        for name, scores in pair_similarities(emb_a.detach(), emb_b.detach()).items():
+            getattr(self, name).append(scores)
+        self.target.append(target.detach().double())
+        self.index.append(index.detach().long())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        index = _cat(self.index)
+        # keep the first occurrence of each dataset index, in index order
+        unique, inverse = torch.unique(index, return_inverse=True)
+        first = torch.full_like(unique, index.numel()).scatter_reduce(
+            0, inverse, torch.arange(index.numel(), device=index.device), reduce="amin"
+        )
+        target = _cat(self.target)[first]
+        results: dict[str, torch.Tensor] = {}
+        for fn in SIMILARITY_FUNCTIONS:
+            scores = _cat(getattr(self, fn))[first]
+            results[f"pearson_{fn}"] = pearson_corrcoef(scores, target)
+            results[f"spearman_{fn}"] = spearman_corrcoef(scores, target)
+        for stat in ("pearson", "spearman"):
+            results[f"{stat}_max"] = torch.stack([results[f"{stat}_{fn}"] for fn in SIMILARITY_FUNCTIONS]).max()
+        return {name: results[name].float() for name in METRIC_NAMES}
+
+
+def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    # after a DDP sync torchmetrics leaves a single tensor; before it, a list
+    return torch.cat(state) if isinstance(state, list) else state

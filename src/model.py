@@ -1,0 +1,181 @@
+"""The bi-encoder LightningModule: a Hugging Face encoder, pooling, and a pair objective."""
+import logging
+import math
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
+
+from src.errors import UserInputError
+from src.metrics import EmbeddingSimilarityMetrics
+from src.pooling import POOLING_MODES, pool
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOSS = {"_target_": "src.losses.CosineSimilarityLoss"}
+
+
+def _not_found(name_or_path: str, error: Exception) -> UserInputError:
+    return UserInputError(
+        f"model.name_or_path: cannot load {name_or_path!r} ({type(error).__name__}); it is not a local "
+        "folder, and the Hugging Face Hub is unreachable or has no such model. Point model.name_or_path "
+        "at a local model folder (e.g. one saved with save_pretrained)"
+    )
+
+
+def load_tokenizer(name_or_path: str, max_seq_length: int, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The model's fast tokenizer; its `model_max_length` set to `max_seq_length`."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _not_found(name_or_path, e) from None
+    tokenizer.model_max_length = max_seq_length
+    return tokenizer
+
+
+def load_encoder(name_or_path: str, max_seq_length: int, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The bare encoder, without a task head or (for BERT) the pooler.
+
+    BERT's pooler is unused by mean/cls/max pooling; loading it would leave parameters without
+    gradients, which DDP rejects, and newly initialised weights in the export.
+    """
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _not_found(name_or_path, e) from None
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_seq_length > limit:
+        raise UserInputError(
+            f"model.max_seq_length: {max_seq_length} is above {name_or_path!r}'s position limit of {limit}"
+        )
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "attn_implementation": "sdpa"}
+    if config.model_type == "bert":
+        kwargs["add_pooling_layer"] = False
+    encoder = AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+    # Hugging Face models load in eval mode; without this, dropout is silently off in training
+    return encoder.train()
+
+
+class SentenceEmbeddingModel(L.LightningModule):
+    """Mean (or cls/max/mean_sqrt_len) pooled sentence embeddings trained on scored pairs.
+
+    Hyperparameters are saved in checkpoints, so `load_from_checkpoint` rebuilds the same model.
+    Validation and test accumulate the ten similarity metrics over the whole split.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        pooling: str = "mean",
+        max_seq_length: int = 256,
+        lr: float = 5e-5,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        scheduler: str = "linear",
+        adam_epsilon: float = 1e-8,
+        loss: Mapping[str, Any] | None = None,
+        compile: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLING_MODES:
+            raise UserInputError(f"model.pooling: unknown pooling {pooling!r}; choose one of {', '.join(POOLING_MODES)}")
+        self.save_hyperparameters()
+        self.encoder = load_encoder(name_or_path, max_seq_length, trust_remote_code)
+        self.tokenizer = load_tokenizer(name_or_path, max_seq_length, trust_remote_code)
+        self.loss_fn = instantiate(dict(loss or DEFAULT_LOSS))
+        if compile:
+            self.encoder.compile()  # in place: parameter names, and so checkpoints, stay the same
+        self.val_metrics = EmbeddingSimilarityMetrics()
+        self.test_metrics = EmbeddingSimilarityMetrics()
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.encoder.config.hidden_size
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Sentence embeddings `[N, dim]` of a padded batch of token ids."""
+        tokens = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool(tokens, attention_mask, self.hparams.pooling)
+
+    def embed_pairs(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both sentences of every pair in one forward pass (see `PairCollator`)."""
+        embeddings = self.embed(batch["input_ids"], batch["attention_mask"])
+        return embeddings.chunk(2)
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        emb_a, emb_b = self.embed_pairs(batch)
+        loss = self.loss_fn(emb_a, emb_b, batch["score"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(emb_a))
+        return loss
+
+    def _eval_step(self, batch: Mapping[str, torch.Tensor], metrics: EmbeddingSimilarityMetrics, stage: str) -> None:
+        emb_a, emb_b = self.embed_pairs(batch)
+        metrics.update(emb_a, emb_b, batch["score"], batch["index"])
+        loss = self.loss_fn(emb_a, emb_b, batch["score"])
+        self.log(f"{stage}/loss", loss, batch_size=len(emb_a), sync_dist=True)
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    def _log_metrics(self, metrics: EmbeddingSimilarityMetrics, stage: str) -> None:
+        if not metrics.update_called:
+            return
+        values = metrics.compute()  # already gathered over all ranks
+        metrics.reset()
+        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+        params = [p for p in self.named_parameters() if p[1].requires_grad]
+        groups = [
+            {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(
+            groups,
+            lr=self.hparams.lr,
+            eps=self.hparams.adam_epsilon,
+            fused=self.device.type == "cuda",
+        )
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_scheduler(
+            self.hparams.scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(self.hparams.warmup_ratio * total_steps),
+            num_training_steps=total_steps,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @torch.inference_mode()
+    def encode(self, sentences: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Embeddings `[len(sentences), dim]` on the CPU, in input order, as the exported model gives."""
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
+        out: list[torch.Tensor] = [None] * len(sentences)  # type: ignore[list-item]
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            tokens = self.tokenizer(
+                [sentences[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.hparams.max_seq_length,
+                return_tensors="pt",
+            ).to(self.device)
+            embeddings = self.embed(tokens["input_ids"], tokens["attention_mask"]).float().cpu()
+            for i, emb in zip(chunk, embeddings):
+                out[i] = emb
+        self.train(was_training)
+        return torch.stack(out)

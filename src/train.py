@@ -1,0 +1,103 @@
+"""`python -m src.train [+experiment=NAME] [key=value ...]`: train, pick the best checkpoint, score it.
+
+The run folder (Hydra's) ends up holding `checkpoints/` (last and best by `optimized_metric`),
+`metrics.json` (val and test numbers of the best checkpoint), CSV logs and `.hydra/`.
+Heavy libraries are imported inside `train()`, so a config typo fails in a second.
+"""
+import json
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import src  # noqa: F401  (registers the config resolvers)
+from src.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a user's mistake as one line and exit 1; `HYDRA_FULL_ERROR=1` shows the traceback."""
+    try:
+        yield
+    except UserInputError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """`last` means this run folder's last.ckpt; a reused run folder resumes from it by itself."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path == "last" or (ckpt_path is None and last.exists()):
+        if not last.exists():
+            raise UserInputError(f"ckpt_path=last: no checkpoint at {last}")
+        log.info("resuming from %s", last)
+        return str(last)
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise UserInputError(f"ckpt_path: file not found: {ckpt_path}")
+    return ckpt_path
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then validate and test the best checkpoint. Returns the final metrics."""
+    import lightning as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.utilities import rank_zero_only
+
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    if rank_zero_only.rank == 0:
+        datamodule.prepare_data()  # reads and validates every split before the model loads
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    model = instantiate(cfg.model)
+
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = (checkpoint.best_model_path or checkpoint.last_model_path) if checkpoint else None
+    log.info("best checkpoint: %s", best)
+    metrics: dict[str, float] = {}
+    if datamodule.has_split("val"):
+        metrics.update(trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)[0])
+    if cfg.get("test") and datamodule.has_split("test"):
+        metrics.update(trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0])
+    metrics = {k: float(v) for k, v in sorted(metrics.items())}
+    if trainer.is_global_zero:
+        write_json(output_dir / "metrics.json", metrics)
+        log.info("metrics: %s", json.dumps(metrics, indent=2))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with user_errors():
+        metrics = train(cfg)
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

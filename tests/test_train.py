@@ -1,0 +1,101 @@
+"""End-to-end training runs: the tiny BERT (fast), the demo experiment and real HebNLI pairs (slow)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import src
+from src.metrics import METRIC_NAMES
+from src.train import train
+from tests.conftest import compose_train_cfg
+
+TEN_VAL = {f"val/{m}" for m in METRIC_NAMES}
+TEN_TEST = {f"test/{m}" for m in METRIC_NAMES}
+
+
+def test_tiny_run_writes_checkpoints_and_metrics(tmp_path, tiny_overrides):
+    cfg = compose_train_cfg(tiny_overrides + ["trainer.val_check_interval=3"], tmp_path / "run")
+    metrics = train(cfg)
+    run = tmp_path / "run"
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk == pytest.approx(metrics)
+    assert TEN_VAL | TEN_TEST <= set(on_disk)
+    assert all(-1 <= on_disk[k] <= 1 for k in TEN_VAL | TEN_TEST)
+    checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
+    assert "last.ckpt" in checkpoints and len(checkpoints) == 2  # last + best
+    assert (run / "csv" / "metrics.csv").read_text().count("train/loss") == 1
+
+
+def test_dropout_is_on_while_training(tmp_path, tiny_overrides):
+    """HF models load in eval mode; training must switch dropout on, evaluation off."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    cfg = compose_train_cfg(tiny_overrides, tmp_path)
+    model = instantiate(cfg.model)
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["train"] = pl_module.encoder.training and pl_module.encoder.embeddings.dropout.training
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            seen["val"] = pl_module.encoder.training
+
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", callbacks=[Probe()], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=1,
+                        val_check_interval=2, num_sanity_val_steps=0, use_distributed_sampler=False)
+    trainer.fit(model, datamodule=instantiate(cfg.data))
+    assert seen == {"train": True, "val": False}
+
+
+def test_encode_matches_training_embeddings(tmp_path, tiny_overrides):
+    from hydra.utils import instantiate
+
+    cfg = compose_train_cfg(tiny_overrides, tmp_path)
+    model = instantiate(cfg.model)
+    sentences = ["שלום עולם", "מה שלומך היום?", "א"]
+    batch = model.tokenizer(sentences, padding=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        expected = model.embed(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(model.encode(sentences, batch_size=2), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_config_typo_fails_fast_with_hydra_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", "+experiment=demo", "model.learning_rate=1"],
+        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "learning_rate" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_experiment_runs_end_to_end(tmp_path):
+    """The README's quick-start command, as a user runs it."""
+    run = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", "+experiment=demo", f"hydra.run.dir={run}",
+         f"paths.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false"],
+        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert TEN_VAL | TEN_TEST <= set(metrics)
+    assert (run / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_real_hebnli_pairs_with_minilm(tmp_path, shared_hebnli):
+    cfg = compose_train_cfg(
+        ["+experiment=demo", f"data.train_file={shared_hebnli}", "trainer.max_steps=20",
+         "trainer.enable_progress_bar=false", "data.val_fraction=0.1", "data.test_fraction=0.1"],
+        tmp_path,
+    )
+    metrics = train(cfg)
+    assert TEN_VAL | TEN_TEST <= set(metrics)
+    # MiniLM already orders HebNLI pairs a little (about 0.1-0.2 Spearman); a broken pipeline gives ~0
+    assert metrics["val/spearman_cosine"] > 0.05
