@@ -56,21 +56,9 @@ def shared_hebnli() -> Path:
 
 def compose_train_cfg(overrides: list[str], output_dir: Path):
     """The config `python -m src.train <overrides>` would run with, writing into `output_dir`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from src.config import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(src.CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as in a real run: only `${hydra:...}` interpolations see it
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.cache_dir = str(output_dir / "cache")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
+    return compose_config(overrides, output_dir)
 
 
 @pytest.fixture
