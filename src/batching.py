@@ -121,26 +121,33 @@ class ResumableDataLoader(DataLoader):
 
 
 class PairCollator:
-    """Pads the two sentences of every pair into one `[2 * batch, longest]` tensor.
+    """Pads each text column of a batch to its own longest sentence.
 
-    Rows `0..B-1` are the first sentences and `B..2B-1` the second ones, so the encoder runs one
-    forward pass per batch instead of one per column.
+    Rows carry `input_ids_<c>` for every text column `c` (`a`, `b`, ...); the batch gets
+    `input_ids_<c>` and `attention_mask_<c>` of shape `[batch, longest in c]`. Padding per column,
+    not to the longest of all, matters: premises run about twice as long as hypotheses. Whether
+    the columns then go through the encoder together or one by one is the model's choice.
     """
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
-    def __call__(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
-        sequences = rows["input_ids_a"] + rows["input_ids_b"]
+    def _pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         longest = max(len(s) for s in sequences)
         input_ids = np.full((len(sequences), longest), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(sequences), longest), dtype=np.int64)
         for i, seq in enumerate(sequences):
             input_ids[i, : len(seq)] = seq
             attention_mask[i, : len(seq)] = 1
-        return {
-            "input_ids": torch.from_numpy(input_ids),
-            "attention_mask": torch.from_numpy(attention_mask),
+        return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+
+    def __call__(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
+        batch = {
             "score": torch.tensor(rows["score"], dtype=torch.float32),
             "index": torch.tensor(rows["index"], dtype=torch.long),
         }
+        for key in rows:
+            if key.startswith("input_ids_"):
+                column = key[len("input_ids_") :]
+                batch[f"input_ids_{column}"], batch[f"attention_mask_{column}"] = self._pad(rows[key])
+        return batch

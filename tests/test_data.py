@@ -141,12 +141,14 @@ def test_resume_skips_the_batches_already_done():
     assert _epoch(sampler) == full  # the skip applies once
 
 
-def test_collator_puts_both_sentences_in_one_padded_batch():
+def test_collator_pads_each_column_to_its_own_longest():
     batch = PairCollator(pad_token_id=0)(
-        {"input_ids_a": [[1, 2, 3], [4]], "input_ids_b": [[5, 6], [7, 8, 9, 10]], "score": [1.0, 0.0], "index": [0, 1]}
+        {"input_ids_a": [[1, 2, 3], [4]], "input_ids_b": [[5, 6], [7]], "score": [1.0, 0.0], "index": [0, 1]}
     )
-    assert batch["input_ids"].tolist() == [[1, 2, 3, 0], [4, 0, 0, 0], [5, 6, 0, 0], [7, 8, 9, 10]]
-    assert batch["attention_mask"].sum(1).tolist() == [3, 1, 2, 4]
+    assert batch["input_ids_a"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert batch["input_ids_b"].tolist() == [[5, 6], [7, 0]]
+    assert batch["attention_mask_a"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["attention_mask_b"].sum(1).tolist() == [2, 1]
 
 
 def test_datamodule_carves_splits_and_caches_tokenization(tmp_path, tiny_bert):
@@ -160,7 +162,7 @@ def test_datamodule_carves_splits_and_caches_tokenization(tmp_path, tiny_bert):
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 60, "val": 30, "test": 30}
     sizes = [len(batch["score"]) for batch in dm.train_dataloader()]
     assert sorted(sizes) == [12, 16, 16, 16]
-    assert all(batch["input_ids"].shape[0] == 2 * len(batch["score"]) for batch in dm.val_dataloader())
+    assert all(batch["input_ids_b"].shape[0] == len(batch["score"]) for batch in dm.val_dataloader())
     cached = list((tmp_path / "cache" / "tokenized").glob("*.arrow"))
     assert len(cached) == 1
     mtime = cached[0].stat().st_mtime_ns

@@ -64,6 +64,24 @@ def test_encode_matches_training_embeddings(tmp_path, tiny_overrides):
     torch.testing.assert_close(model.encode(sentences, batch_size=2), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_joint_and_per_column_forwards_agree(tmp_path, tiny_overrides):
+    from hydra.utils import instantiate
+
+    cfg = compose_train_cfg(tiny_overrides, tmp_path)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    batch = next(iter(datamodule.val_dataloader()))
+    assert batch["input_ids_a"].shape[1] != batch["input_ids_b"].shape[1]  # the padding differs
+    model = instantiate(cfg.model).eval()
+    with torch.no_grad():
+        model.hparams.joint_forward = True
+        joint = model.embed_columns(batch)
+        model.hparams.joint_forward = False
+        per_column = model.embed_columns(batch)
+    for x, y in zip(joint, per_column):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+
 def test_config_typo_fails_fast_with_hydra_error():
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "+experiment=demo", "model.learning_rate=1"],

