@@ -133,17 +133,22 @@ class SentenceEmbeddingModel(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(emb_a))
         return loss
 
-    def _eval_step(self, batch: Mapping[str, torch.Tensor], metrics: EmbeddingSimilarityMetrics, stage: str) -> None:
+    def _eval_step(
+        self, batch: Mapping[str, torch.Tensor], metrics: EmbeddingSimilarityMetrics, stage: str
+    ) -> dict[str, torch.Tensor]:
         emb_a, emb_b = self.embed_columns(batch)
         metrics.update(emb_a, emb_b, batch["score"], batch["index"])
         loss = self.loss_fn(emb_a, emb_b, batch["score"])
         self.log(f"{stage}/loss", loss, batch_size=len(emb_a), sync_dist=True)
+        # per-pair scores for callbacks (the W&B view of sampled pairs, src/tracking.py)
+        cosine = torch.nn.functional.cosine_similarity(emb_a.detach().float(), emb_b.detach().float(), dim=-1)
+        return {"cosine": cosine, "score": batch["score"], "index": batch["index"]}
 
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, self.val_metrics, "val")
 
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, self.test_metrics, "test")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
@@ -178,7 +183,7 @@ class SentenceEmbeddingModel(L.LightningModule):
             num_warmup_steps=math.ceil(self.hparams.warmup_ratio * total_steps),
             num_training_steps=total_steps,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     @torch.inference_mode()
     def encode(self, sentences: list[str], batch_size: int = 64) -> torch.Tensor:

@@ -60,6 +60,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities import rank_zero_only
 
+    from src.tracking import redact_secrets
+
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -72,8 +74,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    for logger in trainer.loggers:  # the resolved config, minus anything that looks like a secret
+        logger.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
@@ -94,7 +96,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with user_errors():
+    from src.tracking import closing_wandb_run
+
+    # each job (of a multirun too) is its own W&B run, closed with the exported model attached
+    with user_errors(), closing_wandb_run(Path(cfg.paths.output_dir) / "model"):
         metrics = train(cfg)
     return metrics.get(cfg.optimized_metric)
 
