@@ -124,9 +124,10 @@ class PairCollator:
     """Pads each text column of a batch to its own longest sentence.
 
     Rows carry `input_ids_<c>` for every text column `c` (`a`, `b`, ...); the batch gets
-    `input_ids_<c>` and `attention_mask_<c>` of shape `[batch, longest in c]`. Padding per column,
-    not to the longest of all, matters: premises run about twice as long as hypotheses. Whether
-    the columns then go through the encoder together or one by one is the model's choice.
+    `input_ids_<c>` and `attention_mask_<c>` of shape `[rows with a text in c, longest in c]`.
+    Padding per column, not to the longest of all, matters: premises run about twice as long as
+    hypotheses. Whether the columns then go through the encoder together or one by one is the
+    model's choice.
     """
 
     def __init__(self, pad_token_id: int) -> None:
@@ -142,12 +143,15 @@ class PairCollator:
         return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
 
     def __call__(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
-        batch = {
-            "score": torch.tensor(rows["score"], dtype=torch.float32),
-            "index": torch.tensor(rows["index"], dtype=torch.long),
-        }
+        batch = {"index": torch.tensor(rows["index"], dtype=torch.long)}
+        if "score" in rows:  # scored pairs; triplets have none
+            batch["score"] = torch.tensor(rows["score"], dtype=torch.float32)
         for key in rows:
             if key.startswith("input_ids_"):
                 column = key[len("input_ids_") :]
-                batch[f"input_ids_{column}"], batch[f"attention_mask_{column}"] = self._pad(rows[key])
+                # an empty sequence is a missing text (a triplet without a hard negative): left out,
+                # and a column with no text in this batch is left out altogether
+                present = [seq for seq in rows[key] if seq]
+                if present:
+                    batch[f"input_ids_{column}"], batch[f"attention_mask_{column}"] = self._pad(present)
         return batch

@@ -127,10 +127,20 @@ class SentenceEmbeddingModel(L.LightningModule):
         )
         return list(embeddings.split([len(i) for i in ids]))
 
+    def on_fit_start(self) -> None:
+        data_format = getattr(self.trainer.datamodule, "train_format", "pairs")
+        if data_format != self.loss_fn.train_format:
+            raise UserInputError(
+                f"data.train_format: {data_format!r}, but the loss {type(self.loss_fn).__name__} trains on "
+                f"{self.loss_fn.train_format!r}; pick the loss with `loss=...`, which sets it"
+            )
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        emb_a, emb_b = self.embed_columns(batch)
-        loss = self.loss_fn(emb_a, emb_b, batch["score"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(emb_a))
+        # (a, b) scored pairs, or (anchor, positive) triplets with hard negatives in `c` when the batch has any
+        columns = tuple(sorted(key[len("input_ids_") :] for key in batch if key.startswith("input_ids_")))
+        embeddings = self.embed_columns(batch, columns)
+        loss = self.loss_fn(embeddings, batch.get("score"))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(embeddings[0]))
         return loss
 
     def _eval_step(
@@ -138,8 +148,11 @@ class SentenceEmbeddingModel(L.LightningModule):
     ) -> dict[str, torch.Tensor]:
         emb_a, emb_b = self.embed_columns(batch)
         metrics.update(emb_a, emb_b, batch["score"], batch["index"])
-        loss = self.loss_fn(emb_a, emb_b, batch["score"])
-        self.log(f"{stage}/loss", loss, batch_size=len(emb_a), sync_dist=True)
+        # evaluation is on scored pairs; a triplet objective has no loss there (and must not gather:
+        # ranks may hold different numbers of evaluation batches)
+        if self.loss_fn.train_format == "pairs":
+            loss = self.loss_fn([emb_a, emb_b], batch["score"])
+            self.log(f"{stage}/loss", loss, batch_size=len(emb_a), sync_dist=True)
         # per-pair scores for callbacks (the W&B view of sampled pairs, src/tracking.py)
         cosine = torch.nn.functional.cosine_similarity(emb_a.detach().float(), emb_b.detach().float(), dim=-1)
         return {"cosine": cosine, "score": batch["score"], "index": batch["index"]}
