@@ -71,6 +71,7 @@ class SentenceEmbeddingModel(L.LightningModule):
         name_or_path: str,
         pooling: str = "mean",
         max_seq_length: int = 256,
+        normalize: bool = False,
         lr: float = 5e-5,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,
@@ -100,7 +101,8 @@ class SentenceEmbeddingModel(L.LightningModule):
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Sentence embeddings `[N, dim]` of a padded batch of token ids."""
         tokens = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool(tokens, attention_mask, self.hparams.pooling)
+        embeddings = pool(tokens, attention_mask, self.hparams.pooling)
+        return F.normalize(embeddings, dim=-1) if self.hparams.normalize else embeddings
 
     @property
     def joint_forward(self) -> bool:

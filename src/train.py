@@ -1,7 +1,8 @@
 """`python -m src.train [+experiment=NAME] [key=value ...]`: train, pick the best checkpoint, score it.
 
 The run folder (Hydra's) ends up holding `checkpoints/` (last and best by `optimized_metric`),
-`metrics.json` (val and test numbers of the best checkpoint), CSV logs and `.hydra/`.
+`metrics.json` (val and test numbers of the best checkpoint), `model/` (the best checkpoint as a
+sentence-transformers folder), CSV logs and `.hydra/`.
 Heavy libraries are imported inside `train()`, so a config typo fails in a second.
 """
 import json
@@ -89,8 +90,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0])
     metrics = {k: float(v) for k, v in sorted(metrics.items())}
     if trainer.is_global_zero:
+        from src.export import save_sentence_transformer
+
         write_json(output_dir / "metrics.json", metrics)
         log.info("metrics: %s", json.dumps(metrics, indent=2))
+        # validate/test above loaded the best checkpoint's weights into `model`; without them it
+        # holds the last weights, which are then the best checkpoint too
+        save_sentence_transformer(model, output_dir / "model")
     return metrics
 
 
