@@ -29,6 +29,8 @@ SPLITS = ("train", "val", "test")
 FLOAT_LABELS = "float"  # a label map given as this string passes numeric labels through
 CACHE_VERSION = "1"  # bump when the tokenized layout changes
 DEFAULT_SIMILARITY_MAP = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
+# training rows: scored pairs, or (anchor, positive, optional hard negative) triplets
+TRAIN_FORMATS = ("pairs", "triplets")
 
 
 @dataclass(frozen=True)
@@ -199,15 +201,16 @@ def split_by_group(groups: list[str], fractions: dict[str, float], seed: int) ->
 class TokenizedPairs(Dataset):
     """A tokenized split backed by Arrow; batches are fetched column-wise in one call.
 
-    Each batch carries its rows' positions in the split (`index`), which lets metrics drop the
-    samples repeated to even out DDP ranks.
+    Rows hold the token ids of each text column (`input_ids_a`, `input_ids_b`; `input_ids_c` for
+    triplets' hard negatives) and, for scored pairs, the `score`. Each batch carries its rows'
+    positions in the split (`index`), which lets metrics drop the samples repeated to even out DDP ranks.
     """
-
-    COLUMNS = ["input_ids_a", "input_ids_b", "score"]
 
     def __init__(self, table: datasets.Dataset) -> None:
         self.table = table
-        self._columns = table.select_columns(self.COLUMNS)
+        self._columns = table.select_columns(
+            [c for c in table.column_names if c.startswith("input_ids_") or c == "score"]
+        )
 
     def __len__(self) -> int:
         return len(self.table)
@@ -220,7 +223,7 @@ class TokenizedPairs(Dataset):
 
     @property
     def lengths(self) -> np.ndarray:
-        """Padded length each pair needs: the longer of its two sentences."""
+        """Padded length each row needs: its longest sentence."""
         return np.asarray(self.table["max_length"])
 
 
@@ -244,6 +247,8 @@ class PairDataModule(L.LightningDataModule):
         columns: Mapping[str, str | None] | None = None,
         label_map: str = "similarity",
         label_maps: Mapping[str, Any] | None = None,
+        train_format: str = "pairs",
+        triplet_labels: Mapping[str, str] | None = None,
         val_fraction: float = 0.0,
         test_fraction: float = 0.0,
         split_seed: int = 42,
@@ -264,6 +269,11 @@ class PairDataModule(L.LightningDataModule):
         self.columns = PairColumns(**(columns or {}))
         self.label_map_name = label_map
         self.label_map = resolve_label_map(label_map, label_maps or {"similarity": DEFAULT_SIMILARITY_MAP})
+        if train_format not in TRAIN_FORMATS:
+            raise UserInputError(f"data.train_format: {train_format!r} is not one of {', '.join(TRAIN_FORMATS)}")
+        self.train_format = train_format
+        labels = {"positive": "entailment", "negative": "contradiction", **(triplet_labels or {})}
+        self.triplet_labels = {role: normalize_label(label) for role, label in labels.items()}
         self.fractions = {name: f for name, f in (("val", val_fraction), ("test", test_fraction)) if f > 0}
         self.split_seed = split_seed
         self.batch_size = batch_size
@@ -373,6 +383,8 @@ class PairDataModule(L.LightningDataModule):
             carved = split_by_group(train["group"], self.fractions, self.split_seed)
             for split, indices in carved.items():
                 self.splits[split] = train.select(indices)
+        if self.train_format == "triplets":  # after carving, so no held-out premise is trained on
+            self.splits["train"] = nli_triplets(self.splits["train"], **self.triplet_labels)
         for split, table in self.splits.items():
             if len(table) == 0:
                 raise UserInputError(
@@ -418,6 +430,34 @@ class PairDataModule(L.LightningDataModule):
 
     def has_split(self, split: str) -> bool:
         return bool(self.files[split]) or split in self.fractions
+
+
+def nli_triplets(pairs: datasets.Dataset, positive: str, negative: str) -> datasets.Dataset:
+    """(anchor, positive, hard negative) training rows from tokenized NLI pairs.
+
+    Each pair labelled `positive` (premise, entailed hypothesis) becomes a row; its hard negative
+    (`input_ids_c`) is the first hypothesis labelled `negative` in the same group (the premise's
+    contradiction in HebNLI, grouped by `promptID`), or empty where the group has none.
+    """
+    labels, groups = list(pairs["label"]), list(pairs["group"])
+    anchors = [i for i, label in enumerate(labels) if label == positive]
+    if not anchors:
+        found = ", ".join(f"{label!r} x{n}" for label, n in Counter(labels).most_common())
+        raise UserInputError(
+            f"data.triplet_labels.positive: no training pair is labelled {positive!r} (found {found}); "
+            "triplets need (premise, entailed hypothesis) pairs"
+        )
+    first_negative: dict[str, int] = {}
+    for i, (label, group) in enumerate(zip(labels, groups)):
+        if label == negative:
+            first_negative.setdefault(group, i)
+    negative_rows = [first_negative.get(groups[i]) for i in anchors]
+    found = iter(pairs.select([row for row in negative_rows if row is not None])["input_ids_b"])
+    hard_negatives = [next(found) if row is not None else [] for row in negative_rows]
+    triplets = pairs.select(anchors).select_columns(["input_ids_a", "input_ids_b", "max_length"])
+    lengths = [max(n, len(c)) for n, c in zip(triplets["max_length"], hard_negatives)]
+    log.info("train: %d (anchor, positive) triplets, %d with a hard negative", len(anchors), sum(map(bool, hard_negatives)))
+    return triplets.remove_columns("max_length").add_column("input_ids_c", hard_negatives).add_column("max_length", lengths)
 
 
 def tokenize_pairs(batch: dict[str, list], tokenizer, max_length: int) -> dict[str, list]:

@@ -134,17 +134,22 @@ def test_gathered_in_batch_negatives_equal_one_big_batch(tmp_path, symmetric):
 # -- end to end: each loss config trains the tiny BERT -------------------------------------------------
 
 @pytest.mark.parametrize(
-    "loss, target",
-    [("cosent", "src.losses.CoSENTLoss"), ("angle", "src.losses.AnglELoss")],
+    "overrides, target",
+    [
+        (["loss=cosent"], "src.losses.CoSENTLoss"),
+        (["loss=angle"], "src.losses.AnglELoss"),
+        (["loss=in_batch_negatives"], "src.losses.MultipleNegativesRankingLoss"),
+        (["loss=in_batch_negatives", "loss.symmetric=true"], "src.losses.MultipleNegativesRankingLoss"),
+    ],
 )
-def test_each_loss_config_trains(tmp_path, tiny_overrides, loss, target):
+def test_each_loss_config_trains(tmp_path, tiny_overrides, overrides, target):
     import csv
     import math
 
     from src.train import train
     from tests.conftest import compose_train_cfg
 
-    cfg = compose_train_cfg(tiny_overrides + [f"loss={loss}", "trainer.max_steps=3", "trainer.log_every_n_steps=1"], tmp_path)
+    cfg = compose_train_cfg(tiny_overrides + overrides + ["trainer.max_steps=3", "trainer.log_every_n_steps=1"], tmp_path)
     metrics = train(cfg)
     assert -1 <= metrics["val/spearman_cosine"] <= 1
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
@@ -152,3 +157,13 @@ def test_each_loss_config_trains(tmp_path, tiny_overrides, loss, target):
     with (tmp_path / "csv" / "metrics.csv").open() as f:
         losses = [float(row["train/loss"]) for row in csv.DictReader(f) if row["train/loss"]]
     assert losses and all(math.isfinite(x) for x in losses)
+
+
+def test_a_triplet_loss_on_pair_data_is_refused(tmp_path, tiny_overrides):
+    from src.errors import UserInputError
+    from src.train import train
+    from tests.conftest import compose_train_cfg
+
+    cfg = compose_train_cfg(tiny_overrides + ["loss=in_batch_negatives", "data.train_format=pairs"], tmp_path)
+    with pytest.raises(UserInputError, match="data.train_format: 'pairs', but the loss MultipleNegativesRankingLoss"):
+        train(cfg)
