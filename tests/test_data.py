@@ -7,6 +7,7 @@ import pytest
 from src.batching import PairBatchSampler, PairCollator
 from src.data import PairColumns, PairDataModule, read_pairs, resolve_label_map, split_by_group
 from src.errors import UserInputError
+from tests.conftest import DEMO_PAIRS
 
 LABEL_MAPS = {
     "similarity": {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0},
@@ -174,3 +175,17 @@ def test_missing_file_is_named(tmp_path):
     dm = PairDataModule(tokenizer="x", max_seq_length=8, train_file=str(tmp_path / "nope.jsonl"))
     with pytest.raises(UserInputError, match=r"data.train_file: file not found: .*nope\.jsonl"):
         dm.prepare_data()
+
+
+def test_pair_tokenizer_matches_the_fast_tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    from src.data import PairTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    rows = [json.loads(line) for line in DEMO_PAIRS.read_text(encoding="utf-8").splitlines()[:50]]
+    batch = {"sentence1": [r["translation1"] for r in rows], "sentence2": [r["translation2"] for r in rows]}
+    out = PairTokenizer(tokenizer, max_length=12)(batch)  # short, so truncation is exercised
+    for column, key in (("sentence1", "input_ids_a"), ("sentence2", "input_ids_b")):
+        assert out[key] == tokenizer(batch[column], truncation=True, max_length=12)["input_ids"]
+    assert out["max_length"] == [max(len(a), len(b)) for a, b in zip(out["input_ids_a"], out["input_ids_b"])]
