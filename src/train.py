@@ -102,10 +102,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from src.distributed import distributed_job
     from src.tracking import closing_wandb_run
 
-    # each job (of a multirun too) is its own W&B run, closed with the exported model attached
-    with user_errors(), closing_wandb_run(Path(cfg.paths.output_dir) / "model"):
+    # each job (of a multirun too) is its own W&B run, closed with the exported model attached,
+    # and has its own DDP process group and child processes
+    with user_errors(), distributed_job(), closing_wandb_run(Path(cfg.paths.output_dir) / "model"):
         metrics = train(cfg)
     return metrics.get(cfg.optimized_metric)
 

@@ -133,6 +133,20 @@ def test_ranks_split_batches_evenly_for_training_and_without_repeats_for_eval():
     assert [len(s) for s in evals] == [len(_epoch(s)) for s in evals]
 
 
+@pytest.mark.parametrize("n_pairs, batch_size, ranks", [(54, 64, 2), (3, 64, 4), (20, 8, 4)])
+def test_every_rank_gets_an_eval_batch_even_with_fewer_batches_than_ranks(n_pairs, batch_size, ranks):
+    """A rank with an empty eval loader would leave the others waiting in the metric sync (DDP hang)."""
+    lengths = np.random.default_rng(0).integers(5, 50, n_pairs)
+    evals = [PairBatchSampler(lengths, batch_size, shuffle=False, num_replicas=ranks, rank=r, even_ranks=False)
+             for r in range(ranks)]
+    per_rank = [_epoch(s) for s in evals]
+    assert all(batches and all(batches) for batches in per_rank)  # >= 1 batch, none empty
+    assert [len(s) for s in evals] == [len(b) for b in per_rank]
+    seen = [i for batches in per_rank for b in batches for i in b]
+    assert set(seen) == set(range(n_pairs))  # every pair evaluated; repeats only when pairs < ranks
+    assert len(seen) == max(n_pairs, ranks)
+
+
 def test_resume_skips_the_batches_already_done():
     sampler = PairBatchSampler(np.arange(100), 10, shuffle=True, seed=3)
     sampler.set_epoch(2)

@@ -1,0 +1,58 @@
+"""DDP on 2 CPU processes (gloo): metrics equal a single-process validation, children stay in their job."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import src
+from src.metrics import METRIC_NAMES
+from tests.conftest import compose_train_cfg
+
+
+def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overrides):
+    """Two DDP jobs in one multirun. The 54 validation pairs fit one eval batch of 64, fewer
+    batches than ranks: every rank must still get one, or DDP hangs."""
+    sweep = tmp_path / "sweep"
+    data = ["data.eval_batch_size=64", f"paths.cache_dir={tmp_path / 'cache'}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", "-m", "seed=1,2", *tiny_overrides, *data, "trainer=ddp_cpu",
+         "trainer.max_steps=4", "trainer.val_check_interval=2", f"hydra.sweep.dir={sweep}"],
+        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=400,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # each job's child process ran in that job's folder, as one run (no sweep of its own, no new folder)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job in ("0", "1"):
+        log = (sweep / job / "train.log").read_text()
+        assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log and "GLOBAL_RANK: 0, MEMBER: 1/2" in log
+    assert (sweep / "summary.csv").is_file()
+
+    import lightning as L
+    from hydra.utils import instantiate
+
+    job = sweep / "0"
+    ddp_metrics = json.loads((job / "metrics.json").read_text())
+    (best,) = [p for p in (job / "checkpoints").iterdir() if p.name != "last.ckpt"]
+    cfg = compose_train_cfg([*tiny_overrides, *data, "seed=1"], tmp_path / "single")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        use_distributed_sampler=False)
+    single = trainer.validate(instantiate(cfg.model), datamodule=instantiate(cfg.data), ckpt_path=str(best))[0]
+    for name in METRIC_NAMES:
+        assert ddp_metrics[f"val/{name}"] == pytest.approx(single[f"val/{name}"], abs=1e-5), name
+
+
+@pytest.mark.parametrize("trainer", ["gpu", "ddp", "ddp_cpu"])
+def test_trainer_presets_compose(tmp_path, trainer):
+    import torch
+
+    cfg = compose_train_cfg(["+experiment=demo", f"trainer={trainer}"], tmp_path)
+    if trainer == "ddp_cpu":
+        assert cfg.trainer.devices == 2 and cfg.trainer.strategy.process_group_backend == "gloo"
+    else:  # mixed precision picked for this machine: fp32 without a GPU
+        expected = ("bf16-mixed", "16-mixed") if torch.cuda.is_available() else ("32-true",)
+        assert cfg.trainer.precision in expected
+        assert cfg.trainer.accelerator == "gpu" and (trainer == "gpu" or cfg.trainer.strategy == "ddp")
+    assert cfg.trainer.use_distributed_sampler is False  # PairBatchSampler shards by rank itself
