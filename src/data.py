@@ -291,7 +291,8 @@ class PairDataModule(L.LightningDataModule):
                 raise UserInputError(f"data.{name}_fraction: set, but data.{name}_file is set too; use one")
             if not 0 < fraction < 1:
                 raise UserInputError(f"data.{name}_fraction: {fraction} is not between 0 and 1")
-        if not train_file:
+        # evaluation needs only the split it scores; training and carving need the train file
+        if not train_file and (self.fractions or not (val_file or test_file)):
             raise UserInputError("data.train_file: not set")
 
     # -- reading and caching --------------------------------------------------------------------
@@ -421,6 +422,8 @@ class PairDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> ResumableDataLoader:
+        if "train" not in self.splits:
+            raise UserInputError("data.train_file: not set")
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> ResumableDataLoader | list:

@@ -64,3 +64,12 @@ class EmbeddingSimilarityMetrics(Metric):
 def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     # after a DDP sync torchmetrics leaves a single tensor; before it, a list
     return torch.cat(state) if isinstance(state, list) else state
+
+
+def metrics_table(values: dict[str, float], prefix: str = "", bold: str = "spearman_max") -> str:
+    """The ten metrics (`<prefix><name>` keys of `values`) as a Markdown table, `bold` in bold."""
+    rows = ["| Metric | Value |", "|:--|:--|"]
+    for name in METRIC_NAMES:
+        value = f"{values[prefix + name]:.4f}"
+        rows.append(f"| **{name}** | **{value}** |" if name == bold else f"| {name} | {value} |")
+    return "\n".join(rows)

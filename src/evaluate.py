@@ -1,0 +1,58 @@
+"""`python -m src.evaluate model=<x> data.test_file=<file>`: the ten similarity metrics of any model
+on any scored pairs, printed as a table and written to `metrics.json` (`test/...` keys) in this
+evaluation's own run folder (`outputs/evaluate/runs/<time>/`).
+
+`<x>` is anything `src.export.load_model` reads: a sentence-transformers folder, a Lightning
+checkpoint, a plain Hugging Face folder or Hub id. Pairs are read, cleaned and tokenized by the
+training DataModule and scored by the LightningModule's test step, so the numbers are the ones a
+training run reports for the same model and file.
+"""
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+import src  # noqa: F401  (registers the config resolvers)
+from src.errors import UserInputError
+from src.train import user_errors, write_json
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Score `cfg.model.source` on the test split of `cfg.data`. Returns the ten `test/...` metrics."""
+    from hydra.utils import instantiate
+
+    from src.export import load_model
+    from src.metrics import METRIC_NAMES, metrics_table
+
+    model = load_model(cfg.model.source, cfg.model.pooling, cfg.model.max_seq_length)
+    datamodule = instantiate(
+        cfg.data, tokenizer=model.hparams.name_or_path, max_seq_length=model.hparams.max_seq_length
+    )
+    if not datamodule.has_split("test"):
+        raise UserInputError("data.test_file: not set; name the file of pairs to score")
+    trainer = instantiate(cfg.trainer)
+    results = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    metrics = {f"test/{name}": float(results[f"test/{name}"]) for name in METRIC_NAMES}
+    write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
+    print(f"{cfg.model.source} on {cfg.data.test_file}:\n{metrics_table(metrics, prefix='test/')}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        evaluate(cfg)
+
+
+def expand_model_shorthand(argv: list[str]) -> list[str]:
+    """`model=<x>` -> `model.source=<x>`: training's `model` config group would claim the plain form."""
+    return [f"model.source={arg[len('model='):]}" if arg.startswith("model=") else arg for arg in argv]
+
+
+if __name__ == "__main__":
+    sys.argv = expand_model_shorthand(sys.argv)
+    main()

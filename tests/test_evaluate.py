@@ -1,0 +1,82 @@
+"""`python -m src.evaluate`: the same numbers as training's test step and as sentence-transformers."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import src
+from src.config import compose_config
+from src.data import PairColumns, read_pairs, resolve_label_map
+from src.evaluate import evaluate, expand_model_shorthand
+from src.metrics import METRIC_NAMES
+from src.train import train
+from tests.conftest import DEMO_PAIRS, compose_train_cfg
+
+TEN_TEST = {f"test/{m}" for m in METRIC_NAMES}
+
+
+def compose_evaluate_cfg(overrides: list[str], output_dir: Path):
+    return compose_config(overrides + ["trainer.enable_progress_bar=false"], output_dir, config_name="evaluate")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_bert) -> Path:
+    """A short run on the tiny BERT, tested on the whole demo file."""
+    run = tmp_path_factory.mktemp("run")
+    overrides = [
+        "+experiment=demo", f"model.name_or_path={tiny_bert}", "model.max_seq_length=64", "model.pooling=max",
+        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "trainer.max_steps=4", "trainer.val_check_interval=2", f"data.test_file={DEMO_PAIRS}",
+        "data.test_fraction=0",
+    ]
+    train(compose_train_cfg(overrides, run))
+    return run
+
+
+@pytest.mark.parametrize("source", ["model", "checkpoints/last.ckpt"])
+def test_evaluate_repeats_the_runs_test_numbers(tiny_run, tmp_path, source):
+    # the run tested its best checkpoint; with max_steps=4 and validation every 2 steps, last may
+    # differ from best, so the export (the best) is compared exactly and last only for its keys
+    cfg = compose_evaluate_cfg([f"model.source={tiny_run / source}", f"data.test_file={DEMO_PAIRS}"], tmp_path)
+    metrics = evaluate(cfg)
+    assert set(metrics) == TEN_TEST
+    assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
+    if source == "model":
+        trained = json.loads((tiny_run / "metrics.json").read_text())
+        assert metrics == pytest.approx({k: trained[k] for k in TEN_TEST}, abs=1e-5)
+
+
+def test_model_shorthand_on_the_command_line(tiny_run, tmp_path):
+    assert expand_model_shorthand(["x", "model=a/b", "model.pooling=cls"]) == ["x", "model.source=a/b", "model.pooling=cls"]
+    result = subprocess.run(
+        [sys.executable, "-m", "src.evaluate", f"model={tiny_run / 'model'}", f"data.test_file={DEMO_PAIRS}",
+         f"hydra.run.dir={tmp_path / 'eval'}", f"paths.cache_dir={tmp_path / 'cache'}",
+         "trainer.enable_progress_bar=false"],
+        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics) == TEN_TEST
+    assert f"| **spearman_max** | **{metrics['test/spearman_max']:.4f}** |" in result.stdout
+
+
+@pytest.mark.slow
+def test_minilm_on_hebnli_equals_sentence_transformers_evaluator(tmp_path, minilm_path, shared_hebnli):
+    """The MiniLM folder has a Normalize module, which changes the manhattan/euclidean/dot numbers."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    cfg = compose_evaluate_cfg([f"model.source={minilm_path}", f"data.test_file={shared_hebnli}"], tmp_path)
+    ours = evaluate(cfg)
+
+    label_map = resolve_label_map(cfg.data.label_map, cfg.data.label_maps)
+    pairs = read_pairs(shared_hebnli, PairColumns(**cfg.data.columns), label_map)
+    evaluator = EmbeddingSimilarityEvaluator(
+        pairs.sentence1, pairs.sentence2, pairs.score, batch_size=64,
+        similarity_fn_names=["cosine", "manhattan", "euclidean", "dot"],
+    )
+    theirs = evaluator(SentenceTransformer(str(minilm_path), device="cpu"))
+    for name in METRIC_NAMES:
+        assert ours[f"test/{name}"] == pytest.approx(theirs[name], abs=1e-4), name
