@@ -385,7 +385,7 @@ class PairDataModule(L.LightningDataModule):
             carved = split_by_group(train["group"], self.fractions, self.split_seed)
             for split, indices in carved.items():
                 self.splits[split] = train.select(indices)
-        if self.train_format == "triplets":  # after carving, so no held-out premise is trained on
+        if self.train_format == "triplets" and "train" in self.splits:  # after carving, so no held-out premise is trained on
             self.splits["train"] = nli_triplets(self.splits["train"], **self.triplet_labels)
         for split, table in self.splits.items():
             if len(table) == 0:
