@@ -1,0 +1,89 @@
+"""The notebooks in notebooks/ run headless (nbclient, the venv's python3 kernel) on fast inputs
+made here, and are committed with their outputs stripped."""
+import json
+import os
+import sys
+
+import nbformat
+import pytest
+
+import src
+
+NOTEBOOKS = src.PROJECT_ROOT / "notebooks"
+RESULT = "notebook-result:"
+
+
+def run_notebook(name: str, parameters: dict, result: str, monkeypatch) -> dict:
+    """Execute notebooks/<name>.ipynb with `parameters` injected after its `parameters` cell (as
+    papermill does), then evaluate `result` (a Python expression) in its kernel and return it."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in parameters.items()))
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(at + 1, injected)
+    nb.cells.append(nbformat.v4.new_code_cell(f"import json\nprint({RESULT!r}, json.dumps({result}))"))
+    # the kernel imports this checkout's `src`, draws with Agg, and stays on one core
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(src.PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute()
+    stdout = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
+    line = next(line for line in stdout.splitlines() if line.startswith(RESULT))
+    return {"result": json.loads(line[len(RESULT):]), "nb": nb}
+
+
+def _text(nb) -> str:
+    """Everything the cells printed or displayed as text."""
+    parts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebook_is_committed_stripped_and_parameterised(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code), "run `jupyter nbconvert --clear-output`"
+    assert "parameters" in code[0].metadata.get("tags", []), "the first code cell holds the parameters"
+    assert nb.metadata.kernelspec.name == "python3"
+
+
+def test_kernel_is_this_python():
+    """`python3` resolves to the interpreter running the tests (the venv), not a system python."""
+    from jupyter_client.manager import KernelManager
+
+    assert KernelManager(kernel_name="python3").format_kernel_cmd()[0] == sys.executable
+
+
+def test_data_notebook(monkeypatch, tiny_bert):
+    from transformers import AutoTokenizer
+
+    from tests.conftest import DEMO_PAIRS
+
+    rows = [json.loads(line) for line in DEMO_PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    longer = sorted(max(len(tokenizer(r["translation1"])["input_ids"]), len(tokenizer(r["translation2"])["input_ids"]))
+                    for r in rows)
+    max_len = longer[len(rows) // 2]  # truncates some pairs, not all
+    too_long = sum(n > max_len for n in longer)
+    run = run_notebook(
+        "01_data",
+        {"data_file": str(DEMO_PAIRS), "config": ["+experiment=demo", f"model.name_or_path={tiny_bert}",
+                                                  f"model.max_seq_length={max_len}"]},
+        '{"pairs": len(df), "labels": df["label"].value_counts().to_dict(), "truncated": n_truncated, '
+        '"genres": int(genres.loc["total", "total"]), "max_seq_length": max_seq_length}',
+        monkeypatch,
+    )
+    result = run["result"]
+    assert result["max_seq_length"] == max_len
+    assert result["pairs"] == len(rows) == result["genres"]
+    assert result["labels"] == {label: sum(r["original_label"] == label for r in rows)
+                                for label in ("entailment", "neutral", "contradiction")}
+    assert 0 < result["truncated"] == too_long < len(rows)
+    assert "truncates" in _text(run["nb"])
