@@ -56,3 +56,24 @@ def test_trainer_presets_compose(tmp_path, trainer):
         assert cfg.trainer.precision in expected
         assert cfg.trainer.accelerator == "gpu" and (trainer == "gpu" or cfg.trainer.strategy == "ddp")
     assert cfg.trainer.use_distributed_sampler is False  # PairBatchSampler shards by rank itself
+
+
+def test_ddp_children_rerun_the_job_not_the_sweep(tmp_path, monkeypatch):
+    """Lightning re-runs sys.argv; inside a multirun that is the whole sweep, in another folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    from src.distributed import hydra_subprocess_cmd
+
+    compose_train_cfg(["+experiment=demo"], tmp_path)
+    hydra = HydraConfig.get()
+    with read_write(hydra):
+        hydra.runtime.output_dir = str(tmp_path / "sweep" / "3")
+        hydra.overrides.task = ["+experiment=demo", "model.lr=5e-05", "hparams_search=optuna"]
+    monkeypatch.setattr(sys, "argv", ["src/train.py", "-m", "+experiment=demo", "model.lr=1e-5,5e-5"])
+    command, cwd = hydra_subprocess_cmd(local_rank=1)
+    args = command[command.index("+experiment=demo"):]
+    assert args == ["+experiment=demo", "model.lr=5e-05", "hparams_search=optuna",
+                    f'hydra.run.dir="{tmp_path / "sweep" / "3"}"', "hydra.mode=RUN",
+                    "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+    assert "model.lr=1e-5,5e-5" not in command

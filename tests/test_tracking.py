@@ -109,14 +109,13 @@ def test_wandb_failures_never_reach_the_run(monkeypatch, tmp_path):
 
 
 def test_offline_run_holds_config_metrics_pairs_and_model(tmp_path, tiny_overrides, monkeypatch):
-    """No credentials: the run goes offline by itself and everything lands in the run file."""
+    """No credentials: the run goes offline by itself and everything lands in the run file,
+    the exported model folder (train() writes it to <run>/model) as an artifact."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     run_dir = tmp_path / "run"
     cfg = compose_train_cfg(tiny_overrides + ["logger=many", "trainer.val_check_interval=3", "model.lr=3e-5"], run_dir)
-    (run_dir / "model").mkdir()  # stands in for the export when there is none
-    (run_dir / "model" / "README.md").write_text("card")
     with closing_wandb_run(run_dir / "model"):
         metrics = train(cfg)
 
@@ -128,6 +127,7 @@ def test_offline_run_holds_config_metrics_pairs_and_model(tmp_path, tiny_overrid
     assert {"train/loss", "train/lr/pg1", "val/spearman_cosine", "val/pearson_max", "test/spearman_cosine",
             "val/pairs/_type", "val/pairs_scatter_table/_type", "trainer/global_step"} <= run["history"]
     assert ("model", f"model-{run['id']}") in run["artifacts"]
+    assert (run_dir / "model" / "modules.json").is_file()
     assert (run_dir / "csv" / "metrics.csv").is_file() and (run_dir / "metrics.json").is_file()
     assert "val/spearman_cosine" in metrics
 
