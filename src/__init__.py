@@ -2,6 +2,7 @@
 
 Importing the package registers the OmegaConf resolvers the configs in `conf/` use.
 """
+import secrets
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -30,5 +31,11 @@ def _mixed_precision() -> str:
 
 
 OmegaConf.register_new_resolver("mixed_precision", _mixed_precision, replace=True)
+
+# a run folder suffix, fixed per process and cached in the config (as `now` is), so sweep jobs
+# launched in other processes agree on their sweep folder
+RUN_ID = secrets.token_hex(3)
+
+OmegaConf.register_new_resolver("run_id", lambda: RUN_ID, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
 OmegaConf.register_new_resolver("minilm_path", _minilm_path, replace=True)

@@ -4,11 +4,11 @@ Padding is the main waste when training on sentences: a batch pads to its longes
 drawing batches from neighbours in length cuts the padded tokens several-fold. Randomness is kept
 the way Hugging Face's `group_by_length` keeps it: shuffle, cut into mega-batches, sort inside each.
 """
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
 
 class PairBatchSampler(Sampler[list[int]]):
@@ -103,31 +103,6 @@ class PairBatchSampler(Sampler[list[int]]):
         if self.even_ranks:
             return -(-n_batches // self.num_replicas)
         return max(len(range(self.rank, n_batches, self.num_replicas)), 1 if n_batches else 0)
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader whose position inside the epoch is saved in Lightning checkpoints.
-
-    Lightning stores `state_dict()` of any stateful training loader and hands it back on resume,
-    so a run killed mid-epoch continues with the next unseen batch rather than restarting the epoch.
-    The count is of batches handed to the training loop, not of batches workers prefetched.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._yielded = 0
-
-    def __iter__(self) -> Iterator[Any]:
-        self._yielded = self.batch_sampler.pending_skip()
-        for batch in super().__iter__():
-            self._yielded += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.batch_sampler.epoch, "batches_yielded": self._yielded}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.batch_sampler.resume_at(state["epoch"], state["batches_yielded"])
 
 
 class PairCollator:

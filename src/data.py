@@ -18,10 +18,10 @@ import datasets
 import lightning as L
 import numpy as np
 from datasets.fingerprint import Hasher
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
-from src.batching import PairBatchSampler, PairCollator, ResumableDataLoader
+from src.batching import PairBatchSampler, PairCollator
 from src.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -286,6 +286,7 @@ class PairDataModule(L.LightningDataModule):
         self.trust_remote_code = trust_remote_code
         self.splits: dict[str, datasets.Dataset] = {}
         self._tokenizer = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
         for name, fraction in self.fractions.items():
             if self.files[name]:
                 raise UserInputError(f"data.{name}_fraction: set, but data.{name}_file is set too; use one")
@@ -372,7 +373,21 @@ class PairDataModule(L.LightningDataModule):
         """Validate and cache every split (rank 0 only under DDP). Cheap when cached."""
         for split in SPLITS:
             if self.files[split]:
-                self.load_split_file(split)
+                table = self.load_split_file(split)
+                if split == "train" and self.fractions:
+                    self._carve(table)  # an empty carved split fails now, not after the model loads
+
+    def _carve(self, train: datasets.Dataset) -> dict[str, np.ndarray]:
+        """Row indices of the train file's carved splits (train, val, test); none may be empty."""
+        carved = split_by_group(train["group"], self.fractions, self.split_seed)
+        for split, indices in carved.items():
+            if len(indices) == 0:
+                raise UserInputError(
+                    f"data: the {split} split has no rows ({len(train)} rows in {len(set(train['group']))} "
+                    f"premise groups, val_fraction={self.fractions.get('val', 0)}, "
+                    f"test_fraction={self.fractions.get('test', 0)}); adjust the fractions or add data"
+                )
+        return carved
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -382,8 +397,7 @@ class PairDataModule(L.LightningDataModule):
                 self.splits[split] = self.load_split_file(split)
         if self.fractions:
             train = self.splits["train"]
-            carved = split_by_group(train["group"], self.fractions, self.split_seed)
-            for split, indices in carved.items():
+            for split, indices in self._carve(train).items():
                 self.splits[split] = train.select(indices)
         if self.train_format == "triplets" and "train" in self.splits:  # after carving, so no held-out premise is trained on
             self.splits["train"] = nli_triplets(self.splits["train"], **self.triplet_labels)
@@ -394,13 +408,29 @@ class PairDataModule(L.LightningDataModule):
                     f"test_fraction={self.fractions.get('test', 0)}); adjust the fractions or add data"
                 )
 
+    # -- mid-epoch resume: Lightning saves this state in checkpoints and hands it back on resume ---
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in the epoch: the batches this rank has trained on.
+
+        Counted by the training loop, not the loader, which has already prefetched the next batch.
+        """
+        if self.trainer is None or self.trainer.state.fn != "fit":
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Lightning calls this before it asks for the train loader, which then skips what was done."""
+        self._resume_at = (state["epoch"], state["batches_done"]) if state else None
+
     # -- loaders -----------------------------------------------------------------------------------
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _loader(self, split: str, train: bool) -> ResumableDataLoader:
+    def _loader(self, split: str, train: bool) -> DataLoader:
         pairs = TokenizedPairs(self.splits[split])
         world_size, rank = self._rank()
         sampler = PairBatchSampler(
@@ -413,7 +443,10 @@ class PairDataModule(L.LightningDataModule):
             rank=rank,
             even_ranks=train,
         )
-        return ResumableDataLoader(
+        if train and self._resume_at is not None:
+            sampler.resume_at(*self._resume_at)
+            self._resume_at = None
+        return DataLoader(
             pairs,
             batch_sampler=sampler,
             collate_fn=PairCollator(self.tokenizer.pad_token_id),
@@ -421,15 +454,15 @@ class PairDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> ResumableDataLoader:
+    def train_dataloader(self) -> DataLoader:
         if "train" not in self.splits:
             raise UserInputError("data.train_file: not set")
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> ResumableDataLoader | list:
+    def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", train=False) if "val" in self.splits else []
 
-    def test_dataloader(self) -> ResumableDataLoader | list:
+    def test_dataloader(self) -> DataLoader | list:
         return self._loader("test", train=False) if "test" in self.splits else []
 
     def has_split(self, split: str) -> bool:

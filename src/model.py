@@ -7,15 +7,24 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase, get_scheduler
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    get_scheduler,
+)
 
-from src.errors import UserInputError
+from src.errors import NonFiniteLossError, UserInputError
 from src.metrics import EmbeddingSimilarityMetrics
 from src.pooling import POOLING_MODES, pool
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOSS = {"_target_": "src.losses.CosineSimilarityLoss"}
+# what a NaN/inf training loss does: stop the run, or skip that batch
+NONFINITE_LOSS_ACTIONS = ("error", "skip")
 
 
 def _not_found(name_or_path: str, error: Exception) -> UserInputError:
@@ -36,12 +45,13 @@ def load_tokenizer(name_or_path: str, max_seq_length: int, trust_remote_code: bo
     return tokenizer
 
 
-def load_encoder(name_or_path: str, max_seq_length: int, trust_remote_code: bool = False) -> torch.nn.Module:
-    """The bare encoder, without a task head or (for BERT) the pooler.
-
-    BERT's pooler is unused by mean/cls/max pooling; loading it would leave parameters without
-    gradients, which DDP rejects, and newly initialised weights in the export.
-    """
+def check_encoder_config(
+    name_or_path: str, max_seq_length: int, pooling: str = "mean", trust_remote_code: bool = False
+) -> PretrainedConfig:
+    """The encoder's config, checked against the model settings. Reads only the config file, so a
+    run calls it before any data work: a bad name, pooling or length fails in seconds."""
+    if pooling not in POOLING_MODES:
+        raise UserInputError(f"model.pooling: unknown pooling {pooling!r}; choose one of {', '.join(POOLING_MODES)}")
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -51,6 +61,16 @@ def load_encoder(name_or_path: str, max_seq_length: int, trust_remote_code: bool
         raise UserInputError(
             f"model.max_seq_length: {max_seq_length} is above {name_or_path!r}'s position limit of {limit}"
         )
+    return config
+
+
+def load_encoder(name_or_path: str, max_seq_length: int, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The bare encoder, without a task head or (for BERT) the pooler.
+
+    BERT's pooler is unused by mean/cls/max pooling; loading it would leave parameters without
+    gradients, which DDP rejects, and newly initialised weights in the export.
+    """
+    config = check_encoder_config(name_or_path, max_seq_length, trust_remote_code=trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "attn_implementation": "sdpa"}
     if config.model_type == "bert":
         kwargs["add_pooling_layer"] = False
@@ -81,12 +101,17 @@ class SentenceEmbeddingModel(L.LightningModule):
         compile: bool = False,
         joint_forward: bool | str = "auto",
         trust_remote_code: bool = False,
+        nonfinite_loss: str = "error",
     ) -> None:
         super().__init__()
-        if pooling not in POOLING_MODES:
-            raise UserInputError(f"model.pooling: unknown pooling {pooling!r}; choose one of {', '.join(POOLING_MODES)}")
+        if nonfinite_loss not in NONFINITE_LOSS_ACTIONS:
+            raise UserInputError(
+                f"model.nonfinite_loss: unknown action {nonfinite_loss!r}; choose one of {', '.join(NONFINITE_LOSS_ACTIONS)}"
+            )
+        check_encoder_config(name_or_path, max_seq_length, pooling, trust_remote_code)
         self.save_hyperparameters()
         self.encoder = load_encoder(name_or_path, max_seq_length, trust_remote_code)
+        self.nonfinite_skipped = 0
         self.tokenizer = load_tokenizer(name_or_path, max_seq_length, trust_remote_code)
         self.loss_fn = instantiate(dict(loss or DEFAULT_LOSS))
         if compile:
@@ -142,8 +167,24 @@ class SentenceEmbeddingModel(L.LightningModule):
         columns = tuple(sorted(key[len("input_ids_") :] for key in batch if key.startswith("input_ids_")))
         embeddings = self.embed_columns(batch, columns)
         loss = self.loss_fn(embeddings, batch.get("score"))
+        if not torch.isfinite(loss):
+            return self._nonfinite_loss(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(embeddings[0]))
         return loss
+
+    def _nonfinite_loss(self, loss: torch.Tensor) -> None:
+        """Stop with the step named (the last checkpoint stays good), or skip the batch and count it."""
+        step = self.trainer.global_step
+        if self.hparams.nonfinite_loss == "error":
+            raise NonFiniteLossError(
+                f"training step {step}: the loss is {loss.item()}; stopped before the optimizer step, so "
+                "checkpoints/last.ckpt holds the last good weights (try a lower model.lr, trainer.precision=32-true, "
+                "or model.nonfinite_loss=skip)"
+            )
+        self.nonfinite_skipped += 1
+        log.warning("training step %d: the loss is %s; batch skipped (%d so far)", step, loss.item(), self.nonfinite_skipped)
+        self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), reduce_fx="max")
+        return None  # Lightning skips backward and the optimizer step
 
     def _eval_step(
         self, batch: Mapping[str, torch.Tensor], metrics: EmbeddingSimilarityMetrics, stage: str

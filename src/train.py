@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,29 +23,24 @@ from src.errors import UserInputError
 log = logging.getLogger(__name__)
 
 
+def _user_error(error: BaseException | None) -> UserInputError | None:
+    """The UserInputError behind an exception; Hydra's instantiate wraps them in its own."""
+    while error is not None and not isinstance(error, UserInputError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Print a user's mistake as one line and exit 1; `HYDRA_FULL_ERROR=1` shows the traceback."""
     try:
         yield
-    except UserInputError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as e:
+        user_error = _user_error(e)
+        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_error}", file=sys.stderr)
         sys.exit(1)
-
-
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """`last` means this run folder's last.ckpt; a reused run folder resumes from it by itself."""
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path == "last" or (ckpt_path is None and last.exists()):
-        if not last.exists():
-            raise UserInputError(f"ckpt_path=last: no checkpoint at {last}")
-        log.info("resuming from %s", last)
-        return str(last)
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise UserInputError(f"ckpt_path: file not found: {ckpt_path}")
-    return ckpt_path
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -60,17 +56,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.utilities import rank_zero_only
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from src.model import check_encoder_config
+    from src.resume import PREEMPTED_EXIT_CODE, check_checkpoint_fits, read_checkpoint_shapes, resolve_ckpt_path
     from src.tracking import redact_secrets
 
     output_dir = Path(cfg.paths.output_dir)
+    # what a user can get wrong fails here, in seconds, before any data or model work
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    ckpt_shapes = read_checkpoint_shapes(ckpt_path) if ckpt_path else None
+    check_encoder_config(
+        cfg.model.name_or_path, cfg.model.max_seq_length, cfg.model.pooling, cfg.model.get("trust_remote_code", False)
+    )
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
     if rank_zero_only.rank == 0:
         datamodule.prepare_data()  # reads and validates every split before the model loads
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     model = instantiate(cfg.model)
+    if ckpt_path:
+        check_checkpoint_fits(ckpt_path, ckpt_shapes, model)
 
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
@@ -78,16 +84,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:  # the resolved config, minus anything that looks like a secret
         logger.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    # the data module restores the position inside the epoch itself (PairDataModule.state_dict)
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:  # preempted: last.ckpt is saved (src.resume.PreemptionCheckpoint)
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
 
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best = (checkpoint.best_model_path or checkpoint.last_model_path) if checkpoint else None
     log.info("best checkpoint: %s", best)
     metrics: dict[str, float] = {}
     if datamodule.has_split("val"):
-        metrics.update(trainer.validate(model, datamodule=datamodule, ckpt_path=best or None)[0])
+        metrics.update(trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)[0])
     if cfg.get("test") and datamodule.has_split("test"):
-        metrics.update(trainer.test(model, datamodule=datamodule, ckpt_path=best or None)[0])
+        metrics.update(trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)[0])
     metrics = {k: float(v) for k, v in sorted(metrics.items())}
     if trainer.is_global_zero:
         from src.export import save_sentence_transformer
