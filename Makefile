@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev]"
+# pin the notebooks' kernel (`python3`) to this venv's interpreter
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (hebrew-sentence-embeddings)"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -87,3 +87,50 @@ def test_data_notebook(monkeypatch, tiny_bert):
                                 for label in ("entailment", "neutral", "contradiction")}
     assert 0 < result["truncated"] == too_long < len(rows)
     assert "truncates" in _text(run["nb"])
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_bert):
+    """A 2-job grid sweep of the demo on the tiny BERT, validating twice during training."""
+    import subprocess
+
+    root = tmp_path_factory.mktemp("notebook_sweep")
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", "-m", "+experiment=demo", f"model.name_or_path={tiny_bert}",
+         "model.max_seq_length=64", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+         "trainer.enable_model_summary=false", "trainer.max_steps=4", "trainer.val_check_interval=2",
+         "data.eval_batch_size=32", "test=false", "model.lr=1e-4,5e-4",
+         f"hydra.sweep.dir={root / 'sweep'}", f"paths.cache_dir={root / 'cache'}"],
+        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "sweep"
+
+
+@pytest.mark.slow
+def test_runs_notebook(monkeypatch, sweep):
+    import pandas as pd
+
+    # W&B is asked for, but there are no credentials: the notebook says so and carries on
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(sweep / "no-netrc"))
+    run = run_notebook(
+        "02_runs", {"runs_dir": str(sweep), "wandb_path": "someone/some-project"},
+        '{"jobs": [str(j) for j in table["job"]], "best": str(best["job"]), "swept": swept, '
+        '"points": {job: int(log[metric].notna().sum()) for job, log in curves.items()}}',
+        monkeypatch,
+    )
+    result = run["result"]
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert result["jobs"] == [str(j) for j in summary["job"]]
+    assert result["best"] == str(summary["job"][0])
+    assert result["swept"] == ["model.lr"]
+    for job in ("0", "1"):
+        log = pd.read_csv(sweep / job / "csv" / "metrics.csv")
+        # validations at steps 2 and 4, then the final validation of the best checkpoint
+        assert result["points"][job] == log["val/spearman_cosine"].notna().sum() >= 3
+    text = _text(run["nb"])
+    assert "W&B: skipped (no W&B credentials" in text
+    assert f"best: {sweep / result['best']}" in text
+
