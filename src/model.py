@@ -218,7 +218,7 @@ class SentenceEmbeddingModel(L.LightningModule):
         values = metrics.compute()  # already gathered over all ranks
         metrics.reset()
         # identical on every rank already; sync_dist only keeps Lightning from warning under DDP
-        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False, sync_dist=True)
+        self.log_dict({f"{stage}/{name}": v for name, v in values.items()}, prog_bar=False, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
@@ -240,7 +240,9 @@ class SentenceEmbeddingModel(L.LightningModule):
             num_warmup_steps=math.ceil(self.hparams.warmup_ratio * total_steps),
             num_training_steps=total_steps,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
+        # logged by LearningRateMonitor as train/lr/pg1 (decayed parameters) and train/lr/pg2
+        schedule = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     @torch.inference_mode()
     def encode(self, sentences: list[str], batch_size: int = 64) -> torch.Tensor:

@@ -148,15 +148,14 @@ class WandbLogger(_LightningWandbLogger):
 
     @_never_raise
     @rank_zero_only
-    def log_table(self, key: str, data: list[list[Any]], columns: list[str], step: int | None = None,
-                  scatter: tuple[str, str] | None = None) -> None:
-        """A wandb.Table under `key`, and optionally a scatter plot of two of its columns."""
+    def log_scatter_table(self, key: str, columns: list[str], data: list[list[Any]], x: str, y: str,
+                          step: int | None = None) -> None:
+        """A wandb.Table under `key` and a scatter plot of its columns `x`, `y` under `<key>_scatter`."""
         import wandb
 
         table = wandb.Table(columns=columns, data=data)
-        payload: dict[str, Any] = {key: table}
-        if scatter is not None:
-            payload[f"{key}_scatter"] = wandb.plot.scatter(table, *scatter, title=f"{key}: {scatter[1]} vs {scatter[0]}")
+        scatter = wandb.plot.scatter(table, x, y, title=f"{key}: {y} vs {x}")
+        payload: dict[str, Any] = {key: table, f"{key}_scatter": scatter}
         if step is not None:
             payload["trainer/global_step"] = step
         self.experiment.log(payload)
@@ -229,8 +228,8 @@ class ValidationPairsView(L.Callback):
             rows = rows[np.sort(np.random.default_rng(self.seed).choice(len(rows), self.n_pairs, replace=False))]
         texts = _pair_texts(trainer, rows[:, 0].astype(int))
         data = [[int(i), *texts[k], float(t), float(c)] for k, (i, t, c) in enumerate(rows)]
-        logger.log_table("val/pairs", data, ["index", "sentence1", "sentence2", "target", "cosine"],
-                         step=trainer.global_step, scatter=("target", "cosine"))
+        logger.log_scatter_table("val/pairs", ["index", "sentence1", "sentence2", "target", "cosine"], data,
+                                 x="target", y="cosine", step=trainer.global_step)
 
 
 def _pair_texts(trainer: L.Trainer, indices: np.ndarray) -> list[tuple[str, str]]:

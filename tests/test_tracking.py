@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 import src
 from src.tracking import REDACTED, WandbLogger, closing_wandb_run, offline_reason, redact_secrets
