@@ -134,3 +134,33 @@ def test_runs_notebook(monkeypatch, sweep):
     assert "W&B: skipped (no W&B credentials" in text
     assert f"best: {sweep / result['best']}" in text
 
+
+@pytest.mark.slow
+def test_embeddings_notebook(monkeypatch, sweep):
+    import numpy as np
+    import pandas as pd
+    from sentence_transformers import SentenceTransformer
+
+    from tests.conftest import DEMO_PAIRS
+
+    model_dir = sweep / str(pd.read_csv(sweep / "summary.csv")["job"][0]) / "model"
+    run = run_notebook(
+        "03_embeddings", {"model_dir": str(model_dir), "data_file": str(DEMO_PAIRS), "n_worst": 4},
+        '{"cosine": df["cosine"].tolist(), "diagonal": similarity.diagonal().tolist(), '
+        '"classes": by_class.index.tolist(), "worst": worst["error"].tolist(), "neighbours": len(neighbours)}',
+        monkeypatch,
+    )
+    result = run["result"]
+    rows = [json.loads(line) for line in DEMO_PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    a = model.encode([r["translation1"] for r in rows[:5]])
+    b = model.encode([r["translation2"] for r in rows[:5]])
+    expected = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    np.testing.assert_allclose(result["cosine"][:5], expected, atol=1e-5)
+    np.testing.assert_allclose(result["diagonal"], 1.0, atol=1e-5)
+    assert result["classes"] == ["contradiction", "entailment", "neutral"]
+    assert result["neighbours"] == 5
+    # the most wrong pairs: the largest gaps between cosine and the label map's target, largest first
+    targets = np.array([{"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}[r["original_label"]] for r in rows])
+    gaps = np.sort(np.abs(np.array(result["cosine"]) - targets))[::-1]
+    np.testing.assert_allclose(np.abs(result["worst"]), gaps[:4], atol=1e-6)
