@@ -51,6 +51,22 @@ def _write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def module_configs(model) -> dict[str, Any]:
+    """The configs of the sentence-transformers modules a SentenceEmbeddingModel becomes:
+    `transformer` (sentence_bert_config.json), `pooling` (1_Pooling/config.json), `normalize`."""
+    encoder = getattr(model.encoder, "_orig_mod", model.encoder)  # unwrap torch.compile
+    transformer: dict[str, Any] = {"max_seq_length": model.hparams.max_seq_length, "do_lower_case": False}
+    if encoder.config.model_type == "bert":
+        # without it sentence-transformers adds a randomly initialised pooler and warns about it
+        transformer["model_args"] = {"add_pooling_layer": False}
+    pooling = (
+        {"word_embedding_dimension": model.embedding_dim}
+        | {flag: model.hparams.pooling == mode for mode, flag in POOLING_FLAGS.items()}
+        | {"pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True}
+    )
+    return {"transformer": transformer, "pooling": pooling, "normalize": bool(model.hparams.normalize)}
+
+
 def save_sentence_transformer(model, output_dir: Path, card: str | None = None) -> Path:
     """Write `model` (a SentenceEmbeddingModel) as a sentence-transformers folder at `output_dir`.
 
@@ -61,29 +77,17 @@ def save_sentence_transformer(model, output_dir: Path, card: str | None = None) 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    hparams = model.hparams
-    encoder = getattr(model.encoder, "_orig_mod", model.encoder)  # unwrap torch.compile
-
-    encoder.save_pretrained(tmp)  # config.json + model.safetensors (BERT's unused pooler is absent)
+    configs = module_configs(model)
+    getattr(model.encoder, "_orig_mod", model.encoder).save_pretrained(tmp)  # config.json + model.safetensors
     model.tokenizer.save_pretrained(tmp)  # model_max_length is max_seq_length
-    transformer_config: dict[str, Any] = {"max_seq_length": hparams.max_seq_length, "do_lower_case": False}
-    if encoder.config.model_type == "bert":
-        # without it sentence-transformers adds a randomly initialised pooler and warns about it
-        transformer_config["model_args"] = {"add_pooling_layer": False}
-    _write_json(tmp / "sentence_bert_config.json", transformer_config)
-
+    _write_json(tmp / "sentence_bert_config.json", configs["transformer"])
     (tmp / "1_Pooling").mkdir()
-    _write_json(
-        tmp / "1_Pooling" / "config.json",
-        {"word_embedding_dimension": model.embedding_dim}
-        | {flag: hparams.pooling == mode for mode, flag in POOLING_FLAGS.items()}
-        | {"pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": False, "include_prompt": True},
-    )
+    _write_json(tmp / "1_Pooling" / "config.json", configs["pooling"])
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": MODULE_TYPES["pooling"]},
     ]
-    if hparams.normalize:
+    if configs["normalize"]:
         (tmp / "2_Normalize").mkdir()
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": MODULE_TYPES["normalize"]})
     _write_json(tmp / "modules.json", modules)

@@ -59,6 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from src.model import check_encoder_config
+    from src.model_card import TrainingLogs
     from src.resume import PREEMPTED_EXIT_CODE, check_checkpoint_fits, read_checkpoint_shapes, resolve_ckpt_path
     from src.tracking import redact_secrets
 
@@ -90,6 +91,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:  # preempted: last.ckpt is saved (src.resume.PreemptionCheckpoint)
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    # taken now: validate/test below restore callback states from the best checkpoint, older rows
+    logs = next((list(c.rows) for c in trainer.callbacks if isinstance(c, TrainingLogs)), [])
 
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     best = (checkpoint.best_model_path or checkpoint.last_model_path) if checkpoint else None
@@ -102,12 +105,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in sorted(metrics.items())}
     if trainer.is_global_zero:
         from src.export import save_sentence_transformer
+        from src.model_card import render_model_card
 
         write_json(output_dir / "metrics.json", metrics)
         log.info("metrics: %s", json.dumps(metrics, indent=2))
+        card = render_model_card(model, cfg, datamodule.splits["train"], metrics, logs)
         # validate/test above loaded the best checkpoint's weights into `model`; without them it
         # holds the last weights, which are then the best checkpoint too
-        save_sentence_transformer(model, output_dir / "model")
+        save_sentence_transformer(model, output_dir / "model", card=card)
     return metrics
 
 
