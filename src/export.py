@@ -121,11 +121,13 @@ def save_sentence_transformer(model, output_dir: Path, card: str | None = None) 
 def load_checkpoint_model(ckpt_path: str | Path):
     """The SentenceEmbeddingModel of a Lightning checkpoint, on the CPU, in eval mode."""
     from src.model import SentenceEmbeddingModel
+    from src.resume import read_checkpoint_shapes
 
     path = Path(ckpt_path)
     if not path.is_file():
         raise UserInputError(f"ckpt_path: file not found: {path}")
-    return SentenceEmbeddingModel.load_from_checkpoint(path, map_location="cpu").eval()
+    read_checkpoint_shapes(str(path))  # a corrupt or foreign file fails here, in one line
+    return SentenceEmbeddingModel.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
 
 
 def _read_json(path: Path) -> Any:
