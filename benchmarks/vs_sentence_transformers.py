@@ -7,7 +7,8 @@ pairs (../shared/data/hebnli/HebNLI_val.jsonl, split by premise into a fixed tra
 part), batch 16, one epoch, lr 5e-5, linear decay, seed 42, on the CPU. Each training runs in its
 own subprocess (so peak memory is its own), alternating the two systems and which goes first, and
 the median of the per-round ratios is reported, which holds up on a machine that is busy with
-other work. Writes benchmarks/results/vs_sentence_transformers.{json,md}.
+other work. `--lever NAME:KEY=VALUE` adds a run of this project with config overrides to every
+round, to measure what one setting gives. Writes benchmarks/results/vs_sentence_transformers.{json,md}.
 
 Measured per run: training pairs/s and non-padding tokens/s (from the first encoder forward to the
 end of training), the share of padding tokens the encoder saw, the process's peak RSS, and
@@ -33,7 +34,7 @@ from src.data import PairColumns, read_pairs, resolve_label_map, split_by_group 
 
 SHARED = src.PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results"
-SYSTEMS = ("ours", "sentence_transformers")
+PEER = "sentence_transformers"
 RECIPE = {"batch_size": 16, "epochs": 1, "lr": 5e-5, "seed": 42, "max_seq_length": 256}
 LABELS = resolve_label_map("similarity", {"similarity": {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}})
 
@@ -63,10 +64,11 @@ class EncoderMeter:
         return {"seconds": seconds, "real_tokens": self.real, "padded_tokens": self.total}
 
 
-def write_split(work: Path) -> tuple[Path, Path]:
-    """A fixed 80/20 split of the shared file by premise, written as two jsonl files."""
+def write_split(work: Path, train_pairs: int | None) -> tuple[Path, Path]:
+    """A fixed 80/20 split of the shared file by premise (the first `train_pairs` of the train part)."""
     rows = [json.loads(line) for line in SHARED.read_text(encoding="utf-8").splitlines() if line.strip()]
     parts = split_by_group([str(r["promptID"]) for r in rows], {"held_out": 0.2}, seed=42)
+    parts["train"] = parts["train"][:train_pairs]
     paths = []
     for name in ("train", "held_out"):
         path = work / f"{name}.jsonl"
@@ -170,7 +172,7 @@ def run_sentence_transformers(train: Path, held_out: Path, work: Path, overrides
 
 def worker(system: str, work: Path, threads: int, overrides: list[str]) -> dict[str, float]:
     torch.set_num_threads(threads)
-    run = run_ours if system == "ours" else run_sentence_transformers
+    run = run_sentence_transformers if system == PEER else run_ours
     result = run(work / "train.jsonl", work / "held_out.jsonl", work, overrides)
     result["pairs_per_s"] = result["pairs"] / result["seconds"]
     result["tokens_per_s"] = result["real_tokens"] / result["seconds"]
@@ -178,17 +180,18 @@ def worker(system: str, work: Path, threads: int, overrides: list[str]) -> dict[
     return result
 
 
-def summarise(runs: list[dict], overrides: list[str]) -> dict:
-    by_system = {s: [r for r in runs if r["system"] == s] for s in SYSTEMS}
-    rounds = sorted({r["round"] for r in runs})
-    ratios = []
-    for n in rounds:
-        pair = {r["system"]: r for r in runs if r["round"] == n}
-        if len(pair) == 2:
-            ratios.append(pair["ours"]["pairs_per_s"] / pair["sentence_transformers"]["pairs_per_s"])
+def summarise(runs: list[dict], levers: dict[str, list[str]]) -> dict:
+    """Medians per system, and per round each of our systems' pairs/s over sentence-transformers'."""
+    systems = list(dict.fromkeys(r["system"] for r in runs))
     keys = ("pairs_per_s", "tokens_per_s", "padding_share", "peak_rss_mb", "spearman_cosine")
-    medians = {s: {k: statistics.median(r[k] for r in rs) for k in keys} for s, rs in by_system.items() if rs}
-    return {"recipe": RECIPE, "ours_overrides": overrides, "ratios": ratios, "median_ratio": statistics.median(ratios) if ratios else None,
+    medians = {s: {k: statistics.median(r[k] for r in runs if r["system"] == s) for k in keys} for s in systems}
+    peer = {r["round"]: r["pairs_per_s"] for r in runs if r["system"] == PEER}
+    ratios = {
+        s: [r["pairs_per_s"] / peer[r["round"]] for r in runs if r["system"] == s and r["round"] in peer]
+        for s in systems if s != PEER
+    }
+    return {"recipe": RECIPE, "levers": levers, "ratios": ratios,
+            "median_ratio": {s: statistics.median(v) for s, v in ratios.items() if v},
             "medians": medians, "runs": runs}
 
 
@@ -204,9 +207,12 @@ def markdown(summary: dict, command: str) -> str:
             f"| {system} | {m['pairs_per_s']:.1f} | {m['tokens_per_s']:.0f} | {m['padding_share']:.1%} "
             f"| {m['peak_rss_mb']:.0f} | {m['spearman_cosine']:.4f} |"
         )
-    ratios = ", ".join(f"{r:.2f}" for r in summary["ratios"])
-    lines += ["", f"Median ratio of pairs/s (ours / sentence-transformers): **{summary['median_ratio']:.2f}** "
-              f"(per round: {ratios}); medians over {len(summary['ratios'])} alternating rounds."]
+    lines.append("")
+    for system, ratio in summary["median_ratio"].items():
+        rounds = ", ".join(f"{r:.2f}" for r in summary["ratios"][system])
+        lines.append(f"- {system} / {PEER}, median ratio of pairs/s: **{ratio:.2f}** (per round: {rounds})")
+    for name, overrides in summary["levers"].items():
+        lines.append(f"- ours+{name}: `{' '.join(overrides)}`")
     return "\n".join(lines) + "\n"
 
 
@@ -214,10 +220,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="rounds; each trains both systems once")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training")
-    parser.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides for this project's runs, to measure a lever (e.g. data.group_by_length=false)")
+    parser.add_argument("--train-pairs", type=int, help="train on the first N pairs of the train part (all 1,600 by default)")
+    parser.add_argument("--lever", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="also train this project with these overrides in every round, as system ours+NAME "
+                             "(e.g. bf16:trainer.precision=bf16-mixed or random_order:data.group_by_length=false)")
     parser.add_argument("--name", default="vs_sentence_transformers", help="results file name")
-    parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--ours", nargs="*", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -226,16 +235,18 @@ def main() -> None:
         return
     if not SHARED.is_file():
         sys.exit(f"error: the shared HebNLI sample is not at {SHARED}")
+    levers = {name: overrides.split(",") for name, overrides in (lever.split(":", 1) for lever in args.lever)}
+    systems = {"ours": [], **{f"ours+{name}": overrides for name, overrides in levers.items()}, PEER: []}
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-vs-st-") as tmp:
         work = Path(tmp)
-        write_split(work)
+        write_split(work, args.train_pairs)
         for n in range(args.reps):
-            order = SYSTEMS if n % 2 == 0 else SYSTEMS[::-1]
+            order = list(systems) if n % 2 == 0 else list(systems)[::-1]
             for system in order:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--worker", system, "--work", str(work), "--threads", str(args.threads),
-                     "--ours", *args.ours],
+                    [sys.executable, __file__, "--worker", PEER if system == PEER else "ours", "--work", str(work),
+                     "--threads", str(args.threads), "--ours", *systems[system]],
                     capture_output=True, text=True,
                 )
                 line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -245,7 +256,7 @@ def main() -> None:
                 print(f"round {n} {system}: {run['pairs_per_s']:.1f} pairs/s, padding {run['padding_share']:.1%}, "
                       f"peak {run['peak_rss_mb']:.0f} MB, spearman {run['spearman_cosine']:.4f}", flush=True)
                 runs.append(run)
-    summary = summarise(runs, args.ours)
+    summary = summarise(runs, levers)
     command = "python benchmarks/vs_sentence_transformers.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
