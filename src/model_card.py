@@ -48,7 +48,8 @@ class TrainingLogs(L.Callback):
         self._losses: list[float] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        # a skipped step (model.nonfinite_loss=skip) hands callbacks an empty dict
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if loss is not None:
             self._losses.append(float(loss))
 
