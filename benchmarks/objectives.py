@@ -95,7 +95,7 @@ def mean_std(values: list[float]) -> str:
 
 def summarize(results: dict, lrs: list[float], seeds: list[int]) -> tuple[list[dict], str]:
     """One row per objective at its best learning rate (by the first seed), base model first."""
-    runs = results["runs"]
+    runs, lrs = results["runs"], sorted(lrs)
     rows = [{"objective": "base model (no training)", "loss": "-", "lr": None,
              "spearman_cosine": [runs[run_key("base", None, None)]["metrics"]["val/spearman_cosine"]]}]
     sweep_lines = []

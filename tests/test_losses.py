@@ -167,3 +167,24 @@ def test_a_triplet_loss_on_pair_data_is_refused(tmp_path, tiny_overrides):
     cfg = compose_train_cfg(tiny_overrides + ["loss=in_batch_negatives", "data.train_format=pairs"], tmp_path)
     with pytest.raises(UserInputError, match="data.train_format: 'pairs', but the loss MultipleNegativesRankingLoss"):
         train(cfg)
+
+
+def test_in_batch_negatives_gathered_under_lightning_ddp(tmp_path, tiny_overrides):
+    """Two CPU ranks (gloo) train on triplets with candidates gathered across ranks."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import src
+
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", *tiny_overrides, "trainer=ddp_cpu", "loss=in_batch_negatives",
+         "loss.gather_across_ranks=true", "trainer.max_steps=2", "test=false", f"hydra.run.dir={run}",
+         f"paths.cache_dir={tmp_path / 'cache'}"],
+        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in (run / "train.log").read_text()
+    assert -1 <= json.loads((run / "metrics.json").read_text())["val/spearman_cosine"] <= 1
