@@ -62,6 +62,7 @@ def train_one(objective: str, lr: float, seed: int, epochs: int, work: Path) -> 
     from src.train import train
 
     run_dir = work / run_key(objective, lr, seed).replace("|", "_")
+    shutil.rmtree(run_dir, ignore_errors=True)  # left by an interrupted benchmark; its result is not recorded
     overrides = ["+experiment=objectives", *OBJECTIVES[objective][0], f"model.lr={lr}", f"seed={seed}",
                  f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false",
                  "trainer.enable_model_summary=false"]
@@ -115,7 +116,7 @@ def summarize(results: dict, lrs: list[float], seeds: list[int]) -> tuple[list[d
         "# Objectives on held-out Hebrew NLI pairs",
         "",
         f"all-MiniLM-L6-v2, {setup['train_pairs']} training pairs / {setup['heldout_pairs']} held-out pairs of "
-        f"`HebNLI_val.jsonl` split by premise, {setup['epochs']} epochs, batch {setup['batch_size']}, "
+        f"`HebNLI_val.jsonl` split by premise, {setup['epochs']} epoch(s), batch {setup['batch_size']}, "
         f"max_seq_length {setup['max_seq_length']}, warmup 10% then linear decay. Held-out spearman_cosine "
         f"(graded targets: entailment 1, neutral 0.5, contradiction 0) after the last epoch, mean ± std over "
         f"seeds {', '.join(map(str, seeds))} at the objective's best learning rate (chosen with seed {seeds[0]}).",

@@ -188,3 +188,13 @@ def test_in_batch_negatives_gathered_under_lightning_ddp(tmp_path, tiny_override
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in (run / "train.log").read_text()
     assert -1 <= json.loads((run / "metrics.json").read_text())["val/spearman_cosine"] <= 1
+
+
+def test_objective_experiments_compose(tmp_path):
+    from tests.conftest import compose_train_cfg
+
+    best = compose_train_cfg(["+experiment=hebrew_nli_best"], tmp_path / "best")
+    assert best.model.loss["_target_"] == "src.losses.CoSENTLoss" and best.data.train_format == "pairs"
+    # the benchmark scores every seed on the same held-out premises
+    cell = compose_train_cfg(["+experiment=objectives", "loss=in_batch_negatives", "seed=43"], tmp_path / "cell")
+    assert cell.data.split_seed == 42 and cell.data.train_format == "triplets" and cell.data.val_fraction == 0.2
