@@ -119,7 +119,8 @@ def summarize(results: dict, lrs: list[float], seeds: list[int]) -> tuple[list[d
         f"`HebNLI_val.jsonl` split by premise, {setup['epochs']} epoch(s), batch {setup['batch_size']}, "
         f"max_seq_length {setup['max_seq_length']}, warmup 10% then linear decay. Held-out spearman_cosine "
         f"(graded targets: entailment 1, neutral 0.5, contradiction 0) after the last epoch, mean ± std over "
-        f"seeds {', '.join(map(str, seeds))} at the objective's best learning rate (chosen with seed {seeds[0]}).",
+        f"the seeds run so far (column `seeds`; planned: {', '.join(map(str, seeds))}) at the objective's best "
+        f"learning rate (chosen with seed {seeds[0]}).",
         "",
         "| objective | sentence-transformers loss | lr | seeds | held-out spearman_cosine |",
         "| --- | --- | --- | --- | --- |",
