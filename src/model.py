@@ -189,7 +189,10 @@ class SentenceEmbeddingModel(L.LightningModule):
     def _eval_step(
         self, batch: Mapping[str, torch.Tensor], metrics: EmbeddingSimilarityMetrics, stage: str
     ) -> dict[str, torch.Tensor]:
-        emb_a, emb_b = self.embed_columns(batch)
+        # scored in fp32 whatever the training precision, so the numbers equal `src.evaluate`'s and
+        # sentence-transformers' evaluator's, on any machine
+        with torch.autocast(self.device.type, enabled=False):
+            emb_a, emb_b = self.embed_columns(batch)
         metrics.update(emb_a, emb_b, batch["score"], batch["index"])
         # evaluation is on scored pairs; a triplet objective has no loss there (and must not gather:
         # ranks may hold different numbers of evaluation batches)

@@ -44,6 +44,32 @@ def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overri
         assert ddp_metrics[f"val/{name}"] == pytest.approx(single[f"val/{name}"], abs=1e-5), name
 
 
+@pytest.mark.parametrize(
+    ("accelerator", "cuda", "cuda_bf16", "mps", "cpu_bf16", "expected"),
+    [
+        ("auto", True, True, False, True, "bf16-mixed"),
+        ("gpu", True, False, False, True, "16-mixed"),
+        ("cpu", True, True, False, False, "32-true"),  # a GPU box told to train on an old CPU
+        ("auto", False, False, False, True, "bf16-mixed"),  # AMX / AVX512-BF16 CPU
+        ("auto", False, False, False, False, "32-true"),
+        ("auto", False, False, True, True, "32-true"),  # Apple MPS
+    ],
+)
+def test_default_precision_follows_the_chip(monkeypatch, tmp_path, accelerator, cuda, cuda_bf16, mps, cpu_bf16, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: cpu_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    cfg = compose_train_cfg(["+experiment=demo", f"trainer.accelerator={accelerator}"], tmp_path)
+    assert cfg.trainer.precision == expected
+    # the reference recipe keeps its fp32 on any chip
+    reference = compose_train_cfg(["+experiment=hebrew_nli_seed", f"trainer.accelerator={accelerator}"], tmp_path)
+    assert reference.trainer.precision == "32-true"
+
+
 @pytest.mark.parametrize("trainer", ["gpu", "ddp", "ddp_cpu"])
 def test_trainer_presets_compose(tmp_path, trainer):
     import torch
