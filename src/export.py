@@ -212,13 +212,42 @@ def load_model(source: str, pooling: str | None = None, max_seq_length: int | No
     return SentenceEmbeddingModel(**settings).eval()
 
 
+def checkpoint_card(model, ckpt_path: Path) -> str | None:
+    """The model card of a checkpoint `src.train` wrote (`<run>/checkpoints/<file>.ckpt`), as the run
+    would have written it: the run's config and training data, these weights' validation metrics,
+    the training logs the checkpoint holds. None when the run folder is not beside it."""
+    import lightning as L
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from src.model_card import TrainingLogs, render_model_card
+
+    run_dir = ckpt_path.resolve().parent.parent
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        log.warning("no model card: %s is not in a run folder (no %s)", ckpt_path, run_dir / ".hydra" / "config.yaml")
+        return None
+    run_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    run_cfg.paths.output_dir = str(run_dir)  # was Hydra's runtime folder
+    datamodule = instantiate(run_cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    metrics: dict[str, float] = {}
+    if datamodule.has_split("val"):
+        trainer = L.Trainer(devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+        metrics = {k: float(v) for k, v in trainer.validate(model, datamodule=datamodule, verbose=False)[0].items()}
+    states = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("callbacks", {})
+    logs = states.get(TrainingLogs.__qualname__, {}).get("rows", [])
+    return render_model_card(model.eval(), run_cfg, datamodule.splits["train"], metrics, logs)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     with user_errors():
         ckpt = Path(cfg.ckpt_path)
         model = load_checkpoint_model(ckpt)
         output_dir = Path(cfg.output_dir) if cfg.output_dir else ckpt.with_suffix("")
-        save_sentence_transformer(model, output_dir)
+        card = checkpoint_card(model, ckpt) if cfg.card else None
+        save_sentence_transformer(model, output_dir, card=card)
         print(output_dir)
 
 

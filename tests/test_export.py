@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 
 import src
 from src.export import load_checkpoint_model, load_model, save_sentence_transformer
@@ -54,16 +56,18 @@ def load_sentence_transformer(path: Path):
     return model, warned
 
 
+TINY_RUN_OVERRIDES = [
+    "+experiment=demo", "model.max_seq_length=48", "model.pooling=cls",
+    "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+    "trainer.max_steps=4", "trainer.val_check_interval=2", "data.eval_batch_size=32",
+]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_bert) -> Path:
     """A short training run on the tiny BERT with non-default pooling and max_seq_length."""
     run = tmp_path_factory.mktemp("run")
-    overrides = [
-        "+experiment=demo", f"model.name_or_path={tiny_bert}", "model.max_seq_length=48", "model.pooling=cls",
-        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        "trainer.max_steps=4", "trainer.val_check_interval=2", "data.eval_batch_size=32",
-    ]
-    train(compose_train_cfg(overrides, run))
+    train(compose_train_cfg(TINY_RUN_OVERRIDES + [f"model.name_or_path={tiny_bert}"], run))
     return run
 
 
@@ -128,6 +132,29 @@ def test_export_command_writes_beside_the_checkpoint(tiny_run, tmp_path):
         cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert missing.returncode == 1 and "nope.ckpt" in missing.stderr
+
+
+def test_export_command_writes_the_runs_card_for_the_checkpoint(tiny_run, tiny_bert, tmp_path):
+    # what Hydra leaves in a run folder; the fixture trained through `train()`, which does not
+    (tiny_run / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(compose_train_cfg(TINY_RUN_OVERRIDES + [f"model.name_or_path={tiny_bert}"], tiny_run),
+                   tiny_run / ".hydra" / "config.yaml")
+    best = next(p for p in (tiny_run / "checkpoints").glob("step*.ckpt"))
+    result = subprocess.run(
+        [sys.executable, "-m", "src.export", f"ckpt_path={best}", f"output_dir={tmp_path / 'exported'}",
+         f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    front, body = (tmp_path / "exported" / "README.md").read_text(encoding="utf-8").split("---\n", 2)[1:]
+    card_metrics = {m["type"]: m["value"] for m in yaml.safe_load(front)["model-index"][0]["results"][0]["metrics"]}
+    run_metrics = json.loads((tiny_run / "metrics.json").read_text())  # the run validated its best checkpoint
+    assert card_metrics == pytest.approx({k[4:]: v for k, v in run_metrics.items() if k.startswith("val/")
+                                          and k != "val/loss"}, abs=1e-6)
+    logs = body.split("### Training Logs")[1].split("###")[0].strip().splitlines()[2:]
+    # the logs the checkpoint carries: the validations (every 2 steps) up to its own step
+    best_step = int(best.stem.removeprefix("step"))
+    assert [int(row.split("|")[2]) for row in logs] == [step for step in (2, 4) if step <= best_step]
 
 
 @pytest.mark.slow
