@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.losses import SBERT_CITATION
 from src.metrics import METRIC_NAMES, metrics_table
+from src.tracking import redact_secrets
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATS_ROWS = 1000  # token statistics and label shares over the first rows, as sentence-transformers
@@ -99,7 +100,8 @@ def hyperparameters(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     every: dict[str, Any] = {"seed": cfg.seed}
     non_default: dict[str, Any] = {}
     for section in ("model", "data", "trainer"):
-        values = OmegaConf.to_container(cfg[section], resolve=True)
+        # a card is published: a token in the config (gated Hub data) must not be
+        values = redact_secrets(OmegaConf.to_container(cfg[section], resolve=True))
         values.pop("label_maps", None)  # the chosen map is `label_map`; the others are not settings
         parameters = inspect.signature(get_object(values["_target_"])).parameters
         for key, value in values.items():

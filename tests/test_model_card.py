@@ -97,3 +97,12 @@ def test_card_has_every_section_and_the_runs_numbers(card_run):
     versions = body.split("### Framework Versions")[1].split("##")[0]
     for name in ("Python", "Transformers", "PyTorch", "Lightning", "Datasets", "Tokenizers"):
         assert f"- {name}: " in versions
+
+
+def test_card_hyperparameters_never_show_a_secret(tmp_path):
+    from src.model_card import hyperparameters
+
+    cfg = compose_train_cfg(["+experiment=demo", "+data.hf_token=hf_abc123", "+model.api_key=k-42"], tmp_path)
+    non_default, every = hyperparameters(cfg)
+    assert every["data.hf_token"] == every["model.api_key"] == "<redacted>"
+    assert "hf_abc123" not in str(non_default) + str(every) and "k-42" not in str(every)
