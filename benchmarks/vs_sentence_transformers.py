@@ -90,7 +90,7 @@ def held_out_spearman(encode, held_out: Path) -> float:
 
 
 def run_ours(train: Path, held_out: Path, work: Path, overrides: list[str]) -> dict[str, float]:
-    """The demo experiment's pipeline: cached tokenization, length-grouped batches, one forward per batch."""
+    """The demo experiment's pipeline: cached tokenization, length-grouped batches, length-sorted passes."""
     import lightning as L
     from hydra.utils import instantiate
 

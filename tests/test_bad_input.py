@@ -166,6 +166,11 @@ def test_unknown_pooling(tmp_path, tiny_overrides, no_model_load):
     assert message.startswith("model.pooling: unknown pooling 'median'; choose one of mean, ")
 
 
+def test_sentences_per_pass_not_a_positive_number(tmp_path, tiny_overrides, no_model_load):
+    message = user_error(tmp_path, tiny_overrides, "model.sentences_per_pass=0")
+    assert message == "model.sentences_per_pass: 0 is not a positive number, null or auto"
+
+
 def test_unknown_label_map(tmp_path, tiny_overrides, no_model_load):
     message = user_error(tmp_path, tiny_overrides, "data.label_map=nli3")
     assert message == "data.label_map: unknown label map 'nli3'; known: similarity, seed, float"

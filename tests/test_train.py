@@ -64,22 +64,32 @@ def test_encode_matches_training_embeddings(tmp_path, tiny_overrides):
     torch.testing.assert_close(model.encode(sentences, batch_size=2), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_joint_and_per_column_forwards_agree(tmp_path, tiny_overrides):
+@pytest.mark.parametrize("per_pass", [1, 3, 8])
+def test_sentences_per_pass_gives_the_one_pass_embeddings_and_gradients(tmp_path, tiny_overrides, per_pass):
     from hydra.utils import instantiate
 
     cfg = compose_train_cfg(tiny_overrides, tmp_path)
     datamodule = instantiate(cfg.data)
     datamodule.setup()
-    batch = next(iter(datamodule.val_dataloader()))
+    batch = next(iter(datamodule.train_dataloader()))
     assert batch["input_ids_a"].shape[1] != batch["input_ids_b"].shape[1]  # the padding differs
-    model = instantiate(cfg.model).eval()
-    with torch.no_grad():
-        model.hparams.joint_forward = True
-        joint = model.embed_columns(batch)
-        model.hparams.joint_forward = False
-        per_column = model.embed_columns(batch)
-    for x, y in zip(joint, per_column):
+    model = instantiate(cfg.model).eval()  # no dropout: the two forwards must see the same network
+
+    def embed_and_grad(setting: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        model.hparams.sentences_per_pass = setting
+        model.zero_grad()
+        embeddings = model.embed_columns(batch)
+        model.loss_fn(embeddings, batch["score"]).backward()
+        grad = model.encoder.embeddings.word_embeddings.weight.grad.clone()
+        return [e.detach() for e in embeddings], grad
+
+    one_pass, one_pass_grad = embed_and_grad(None)
+    passes, passes_grad = embed_and_grad(per_pass)
+    for x, y in zip(one_pass, passes):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one_pass_grad, passes_grad, atol=1e-5, rtol=1e-4)
+    model.hparams.sentences_per_pass = "auto"
+    assert model.sentences_per_pass == 8  # on the CPU
 
 
 def test_config_typo_fails_fast_with_hydra_error():
