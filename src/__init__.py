@@ -21,9 +21,9 @@ def _minilm_path() -> str:
 def _mixed_precision(accelerator: str = "auto") -> str:
     """The fastest safe precision for `accelerator` on this machine.
 
-    CUDA: bf16-mixed (Ampere and newer), else 16-mixed. CPU: bf16-mixed where the cores multiply
-    bf16 natively (AMX or AVX512-BF16; measured 1.37x the pairs/s of fp32 at equal held-out
-    Spearman, benchmarks/results/vs_sentence_transformers.md), else fp32, as on Apple MPS.
+    CUDA: bf16-mixed (Ampere and newer), else 16-mixed. CPU: bf16-mixed where the cores have AMX
+    tiles (measured 1.2-1.4x the pairs/s of fp32 at equal held-out Spearman), else fp32, as on
+    Apple MPS: AVX512-BF16 alone trained slower in bf16 than in fp32 (README, Measured results).
     Resolved where the job runs, so a SLURM job picks what its node supports.
     """
     import torch
@@ -32,7 +32,7 @@ def _mixed_precision(accelerator: str = "auto") -> str:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     if accelerator in ("auto", "mps") and torch.backends.mps.is_available():
         return "32-true"
-    if accelerator in ("auto", "cpu") and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()):
+    if accelerator in ("auto", "cpu") and torch.cpu._is_amx_tile_supported():
         return "bf16-mixed"
     return "32-true"
 

@@ -45,24 +45,24 @@ def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overri
 
 
 @pytest.mark.parametrize(
-    ("accelerator", "cuda", "cuda_bf16", "mps", "cpu_bf16", "expected"),
+    ("accelerator", "cuda", "cuda_bf16", "mps", "cpu_amx", "expected"),
     [
         ("auto", True, True, False, True, "bf16-mixed"),
         ("gpu", True, False, False, True, "16-mixed"),
         ("cpu", True, True, False, False, "32-true"),  # a GPU box told to train on an old CPU
-        ("auto", False, False, False, True, "bf16-mixed"),  # AMX / AVX512-BF16 CPU
+        ("auto", False, False, False, True, "bf16-mixed"),  # AMX CPU
         ("auto", False, False, False, False, "32-true"),
         ("auto", False, False, True, True, "32-true"),  # Apple MPS
     ],
 )
-def test_default_precision_follows_the_chip(monkeypatch, tmp_path, accelerator, cuda, cuda_bf16, mps, cpu_bf16, expected):
+def test_default_precision_follows_the_chip(monkeypatch, tmp_path, accelerator, cuda, cuda_bf16, mps, cpu_amx, expected):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: cpu_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: cpu_amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # not enough: bf16 ran slower
     cfg = compose_train_cfg(["+experiment=demo", f"trainer.accelerator={accelerator}"], tmp_path)
     assert cfg.trainer.precision == expected
     # the reference recipe keeps its fp32 on any chip
