@@ -135,7 +135,7 @@ def write_split(work: Path, train_pairs: int | None) -> tuple[Path, Path]:
     parts = split_by_group([str(r["promptID"]) for r in rows], {"held_out": 0.2}, seed=42)
     if train_pairs:
         train = parts["train"]
-        parts["train"] = (train * (train_pairs // len(train) + 1))[:train_pairs]
+        parts["train"] = [train[i % len(train)] for i in range(train_pairs)]
     paths = []
     for name in ("train", "held_out"):
         path = work / f"{name}.jsonl"

@@ -1,0 +1,37 @@
+"""The arithmetic behind the benchmarks' figures (the benchmarks themselves are run by hand, not timed here)."""
+import importlib.util
+
+import src
+from tests.conftest import DEMO_PAIRS
+
+spec = importlib.util.spec_from_file_location("vs_st", src.PROJECT_ROOT / "benchmarks" / "vs_sentence_transformers.py")
+vs_st = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(vs_st)
+
+
+def test_useful_flops_counts_the_encoder_layers_matmul_weights(tiny_bert):
+    """6 FLOPs per weight of the layers' matmuls per token, plus attention's 12 * layers * width * length."""
+    import torch
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(tiny_bert)
+    matmul_weights = sum(
+        m.weight.numel() for m in encoder.encoder.modules() if isinstance(m, torch.nn.Linear)
+    )
+    tokens, tokens_squared = 1_000, 30_000
+    config = encoder.config
+    attention = 12 * config.num_hidden_layers * config.hidden_size * tokens_squared
+    assert vs_st.useful_flops(tiny_bert, tokens, tokens_squared) == 6 * matmul_weights * tokens + attention
+
+
+def test_split_keeps_premises_apart_and_cycles_a_longer_train_part(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(vs_st, "SHARED", DEMO_PAIRS)  # the shipped demo file stands in for the shared one
+    train, held_out = vs_st.write_split(tmp_path, train_pairs=1_000)
+    train_rows = [json.loads(line) for line in train.read_text(encoding="utf-8").splitlines()]
+    held_out_rows = [json.loads(line) for line in held_out.read_text(encoding="utf-8").splitlines()]
+    assert len(train_rows) == 1_000  # more than the demo file holds: its train part, cycled
+    distinct = {json.dumps(row, sort_keys=True) for row in train_rows}
+    assert len(distinct) + len(held_out_rows) == len(DEMO_PAIRS.read_text(encoding="utf-8").splitlines())
+    assert not {r["promptID"] for r in train_rows} & {r["promptID"] for r in held_out_rows}
