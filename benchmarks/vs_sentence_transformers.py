@@ -70,8 +70,9 @@ class EncoderMeter:
         # module is called with one features dict
         mask = kwargs["attention_mask"] if "attention_mask" in kwargs else args[0]["attention_mask"]
         lengths = mask.sum(dim=1)
-        self.real += int(lengths.sum())
-        self.real_squared += int((lengths**2).sum())  # attention's work grows with length squared
+        # kept as tensors until `stop`: reading them here would wait for the GPU at every forward
+        self.real = self.real + lengths.sum()
+        self.real_squared = self.real_squared + (lengths**2).sum()  # attention's work grows with length squared
         self.total += mask.numel()
 
     def stop(self, device: str) -> dict[str, float]:
@@ -79,7 +80,7 @@ class EncoderMeter:
             torch.cuda.synchronize()  # the GPU may still be working through the queued steps
         seconds = time.perf_counter() - self.start
         self._handle.remove()
-        return {"seconds": seconds, "real_tokens": self.real, "real_tokens_squared": self.real_squared,
+        return {"seconds": seconds, "real_tokens": int(self.real), "real_tokens_squared": int(self.real_squared),
                 "padded_tokens": self.total}
 
 
@@ -150,7 +151,8 @@ def held_out_spearman(encode, held_out: Path) -> float:
     table = read_pairs(held_out, PairColumns(), LABELS)
     metric = EmbeddingSimilarityMetrics()
     scores = torch.tensor(table.score)
-    metric.update(encode(table.sentence1), encode(table.sentence2), scores, torch.arange(len(scores)))
+    # .cpu(): on a GPU run the embeddings come back on the GPU, the scores are on the host
+    metric.update(encode(table.sentence1).cpu(), encode(table.sentence2).cpu(), scores, torch.arange(len(scores)))
     return float(metric.compute()["spearman_cosine"])
 
 
