@@ -23,9 +23,9 @@ tokens only: 6 x the encoder's non-embedding parameters per token, plus 12 x lay
 length per token for attention), and spearman_cosine on the held-out part, computed by this
 project's metric from each system's own `encode`.
 """
-import platform
 import argparse
 import json
+import platform
 import resource
 import statistics
 import subprocess
@@ -120,9 +120,10 @@ def prepare_encoder(work: Path, encoder: str) -> Path:
 
 def machine(device: str) -> dict[str, str]:
     """What the ratios were measured on: they depend on the chip (AMX, bf16 support)."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    info = {"cpu": cpu, "cpu_amx": str(torch.cpu._is_amx_tile_supported()),
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere `platform` names the processor
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    info = {"cpu": names[0] if names else platform.processor(), "cpu_amx": str(torch.cpu._is_amx_tile_supported()),
             "cpu_avx512_bf16": str(torch.cpu._is_avx512_bf16_supported()), "torch": torch.__version__}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()

@@ -35,3 +35,12 @@ def test_split_keeps_premises_apart_and_cycles_a_longer_train_part(tmp_path, mon
     distinct = {json.dumps(row, sort_keys=True) for row in train_rows}
     assert len(distinct) + len(held_out_rows) == len(DEMO_PAIRS.read_text(encoding="utf-8").splitlines())
     assert not {r["promptID"] for r in train_rows} & {r["promptID"] for r in held_out_rows}
+
+
+def test_results_name_the_machine_they_were_measured_on():
+    import torch
+
+    info = vs_st.machine("cpu")
+    assert info["cpu"]  # the model name, which the ratios depend on
+    assert info["cpu_amx"] == str(torch.cpu._is_amx_tile_supported())
+    assert info["torch"] == torch.__version__ and "gpu" not in info
