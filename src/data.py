@@ -17,11 +17,12 @@ from typing import Any, Iterator, Mapping
 import datasets
 import lightning as L
 import numpy as np
+import torch
 from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
-from src.batching import PairBatchSampler, PairCollator
+from src.batching import PairBatchSampler, PairCollator, ResumePoint
 from src.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,11 @@ class PairDataModule(L.LightningDataModule):
         self.trust_remote_code = trust_remote_code
         self.splits: dict[str, datasets.Dataset] = {}
         self._tokenizer = None
-        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+        # mid-epoch resume: where a checkpoint left the epoch, and the train sampler that continues it
+        self._resume_point: ResumePoint | None = None
+        self._resumed_step = 0
+        self._train_sampler: PairBatchSampler | None = None
+        self._relaid = False
         for name, fraction in self.fractions.items():
             if self.files[name]:
                 raise UserInputError(f"data.{name}_fraction: set, but data.{name}_file is set too; use one")
@@ -410,19 +415,53 @@ class PairDataModule(L.LightningDataModule):
 
     # -- mid-epoch resume: Lightning saves this state in checkpoints and hands it back on resume ---
 
-    def state_dict(self) -> dict[str, int]:
-        """Where training stands in the epoch: the batches this rank has trained on.
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the epoch: which pairs every rank together has trained.
 
         Counted by the training loop, not the loader, which has already prefetched the next batch.
+        Stored as pairs, not batches, so a run can resume with another batch size or number of
+        ranks and still train each remaining pair exactly once.
         """
-        if self.trainer is None or self.trainer.state.fn != "fit":
+        if self.trainer is None or self.trainer.state.fn != "fit" or self._train_sampler is None:
             return {}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        trained = self._train_sampler.trained_after(done)
+        return {
+            "epoch": self._train_sampler.epoch,
+            "batches_done": done,
+            "global_step": self.trainer.global_step,
+            "pairs": len(trained),
+            # a bit per pair: 37 kB for 300,000 pairs; a tensor, so checkpoints load with weights_only
+            "trained": torch.from_numpy(np.packbits(trained)),
+        }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Lightning calls this before it asks for the train loader, which then skips what was done."""
-        self._resume_at = (state["epoch"], state["batches_done"]) if state else None
+        if not state:
+            self._resume_point, self._resumed_step = None, 0
+            return
+        if "trained" not in state:
+            raise UserInputError(
+                "ckpt_path: this checkpoint was saved by an older version of the toolkit that recorded the epoch "
+                "position in batches, which cannot be resumed exactly; resume it with that version, or start a new run"
+            )
+        trained = np.unpackbits(state["trained"].numpy(), count=state["pairs"]).astype(bool)
+        self._resume_point = ResumePoint(state["epoch"], trained, state["batches_done"])
+        self._resumed_step = state["global_step"]
+
+    def planned_optimizer_steps(self, max_epochs: int, accumulate: int) -> int | None:
+        """Optimizer steps of the whole run when it resumes an epoch with another layout (batch size,
+        ranks), for the learning-rate schedule; None when Lightning's own estimate is right."""
+        sampler = self._train_sampler
+        if sampler is None or not self._relaid:
+            return None
+        left_this_epoch = len(sampler) - self._resume_point.batches_done
+        later_epochs = max_epochs - sampler.epoch - 1
+        return (
+            self._resumed_step
+            + math.ceil(left_this_epoch / accumulate)
+            + later_epochs * math.ceil(sampler.epoch_length() / accumulate)
+        )
 
     # -- loaders -----------------------------------------------------------------------------------
 
@@ -443,9 +482,21 @@ class PairDataModule(L.LightningDataModule):
             rank=rank,
             even_ranks=train,
         )
-        if train and self._resume_at is not None:
-            sampler.resume_at(*self._resume_at)
-            self._resume_at = None
+        if train:
+            self._train_sampler = sampler
+            self._relaid = False
+            # the epoch this loader starts in: a loader with workers draws its first batches before
+            # Lightning calls set_epoch (the trainer's epoch is 0 until a checkpoint's loops are restored)
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            point = self._resume_point
+            if point is not None and epoch > point.epoch:  # a loader rebuilt after the resumed epoch
+                point = self._resume_point = None
+            sampler.set_epoch(epoch)
+            if point is not None and point.trained.all():  # saved at an epoch's end: the next starts afresh
+                sampler.set_epoch(point.epoch + 1)
+            elif point is not None:
+                sampler.resume(point)
+                self._relaid = self._note_relayout(sampler, point)
         return DataLoader(
             pairs,
             batch_sampler=sampler,
@@ -453,6 +504,22 @@ class PairDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _note_relayout(self, sampler: PairBatchSampler, point: ResumePoint) -> bool:
+        """Whether the resumed epoch is cut into batches differently than the checkpoint's run did
+        (another batch size or number of ranks); if so, say so and keep later epochs right."""
+        if len(sampler) == sampler.epoch_length():
+            return False
+        log.warning(
+            "resuming epoch %d with another batch size or number of ranks than the checkpoint's run: its %d "
+            "untrained pairs are cut into %d new batches per rank (each pair once); the learning-rate schedule "
+            "is laid out for the new step count",
+            point.epoch, int((~point.trained).sum()), len(sampler) - point.batches_done,
+        )
+        # Lightning sizes its epoch loop by this loader's length; the next epoch has the full
+        # length again, so the loader must be rebuilt then
+        self.trainer.reload_dataloaders_every_n_epochs = 1
+        return True
 
     def train_dataloader(self) -> DataLoader:
         if "train" not in self.splits:

@@ -265,6 +265,13 @@ class SentenceEmbeddingModel(L.LightningModule):
             fused=self.device.type in ("cpu", "cuda") and not mixed_and_clipped,
         )
         total_steps = int(self.trainer.estimated_stepping_batches)
+        if self.trainer.max_steps == -1:
+            # a run resumed mid-epoch with another batch size or number of ranks: Lightning's estimate
+            # assumes every epoch as long as the resumed one; the data module knows the real count
+            planned = getattr(self.trainer.datamodule, "planned_optimizer_steps", lambda *_: None)(
+                self.trainer.max_epochs, self.trainer.accumulate_grad_batches
+            )
+            total_steps = planned or total_steps
         scheduler = get_scheduler(
             self.hparams.scheduler,
             optimizer,

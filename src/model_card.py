@@ -52,7 +52,8 @@ class TrainingLogs(L.Callback):
         # a skipped step (model.nonfinite_loss=skip) hands callbacks an empty dict
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if loss is not None:
-            self._losses.append(float(loss))
+            # Lightning hands over the loss divided by the accumulation factor (what backward saw)
+            self._losses.append(float(loss) * trainer.accumulate_grad_batches)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":

@@ -85,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:  # the resolved config, minus anything that looks like a secret
         logger.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
 
-    # the data module restores the position inside the epoch itself (PairDataModule.state_dict)
+    # the data module restores the position inside the epoch itself, exactly (PairDataModule.state_dict)
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

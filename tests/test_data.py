@@ -4,7 +4,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.batching import PairBatchSampler, PairCollator
 from src.data import PairColumns, PairDataModule, read_pairs, resolve_label_map, split_by_group
 from src.errors import UserInputError
 from tests.conftest import DEMO_PAIRS
@@ -95,75 +94,6 @@ def test_group_split_keeps_premises_together_and_is_seeded():
     assert len(sides["val"]) == 20 and len(sides["test"]) == 10
     again = split_by_group(groups, {"val": 0.2, "test": 0.1}, seed=7)
     assert all(np.array_equal(split[k], again[k]) for k in split)
-
-
-def _epoch(sampler: PairBatchSampler) -> list[list[int]]:
-    return list(iter(sampler))
-
-
-@pytest.mark.parametrize("group_by_length", [True, False])
-def test_training_sampler_sees_every_pair_once_per_epoch(group_by_length):
-    lengths = np.random.default_rng(0).integers(5, 100, 1000)
-    sampler = PairBatchSampler(lengths, 16, shuffle=True, group_by_length=group_by_length, seed=1)
-    first = _epoch(sampler)
-    assert sorted(i for b in first for i in b) == list(range(1000))
-    assert len(first) == len(sampler) == 63
-    sampler.set_epoch(1)
-    assert _epoch(sampler) != first  # reshuffled per epoch
-
-
-def test_length_grouping_cuts_padding():
-    lengths = np.random.default_rng(0).integers(5, 120, 4000)
-
-    def padded(sampler: PairBatchSampler) -> int:
-        return sum(len(b) * lengths[b].max() for b in _epoch(sampler))
-
-    plain = padded(PairBatchSampler(lengths, 16, shuffle=True, group_by_length=False))
-    grouped = padded(PairBatchSampler(lengths, 16, shuffle=True, group_by_length=True))
-    assert grouped < 0.7 * plain
-
-
-def test_ranks_split_batches_evenly_for_training_and_without_repeats_for_eval():
-    lengths = np.arange(1, 101)
-    train = [PairBatchSampler(lengths, 8, shuffle=True, num_replicas=3, rank=r) for r in range(3)]
-    assert len({len(_epoch(s)) for s in train}) == 1  # every rank steps the same number of times
-    evals = [PairBatchSampler(lengths, 8, shuffle=False, num_replicas=3, rank=r, even_ranks=False) for r in range(3)]
-    seen = [i for s in evals for b in _epoch(s) for i in b]
-    assert sorted(seen) == list(range(100))  # each sample exactly once across ranks
-    assert [len(s) for s in evals] == [len(_epoch(s)) for s in evals]
-
-
-@pytest.mark.parametrize("n_pairs, batch_size, ranks", [(54, 64, 2), (3, 64, 4), (20, 8, 4)])
-def test_every_rank_gets_an_eval_batch_even_with_fewer_batches_than_ranks(n_pairs, batch_size, ranks):
-    """A rank with an empty eval loader would leave the others waiting in the metric sync (DDP hang)."""
-    lengths = np.random.default_rng(0).integers(5, 50, n_pairs)
-    evals = [PairBatchSampler(lengths, batch_size, shuffle=False, num_replicas=ranks, rank=r, even_ranks=False)
-             for r in range(ranks)]
-    per_rank = [_epoch(s) for s in evals]
-    assert all(batches and all(batches) for batches in per_rank)  # >= 1 batch, none empty
-    assert [len(s) for s in evals] == [len(b) for b in per_rank]
-    seen = [i for batches in per_rank for b in batches for i in b]
-    assert set(seen) == set(range(n_pairs))  # every pair evaluated; repeats only when pairs < ranks
-    assert len(seen) == max(n_pairs, ranks)
-
-
-def test_resume_skips_the_batches_already_done():
-    sampler = PairBatchSampler(np.arange(100), 10, shuffle=True, seed=3)
-    sampler.set_epoch(2)
-    full = _epoch(sampler)
-    sampler.resume_at(epoch=2, batches_done=4)
-    assert _epoch(sampler) == full[4:]
-    assert _epoch(sampler) == full  # the skip applies once
-
-
-def test_collator_pads_each_column_to_its_own_longest():
-    batch = PairCollator(pad_token_id=0)(
-        {"input_ids_a": [[1, 2, 3], [4]], "input_ids_b": [[5, 6], [7]], "score": [1.0, 0.0], "index": [0, 1]}
-    )
-    assert batch["input_ids_a"].tolist() == [[1, 2, 3], [4, 0, 0]]
-    assert batch["input_ids_b"].tolist() == [[5, 6], [7, 0]]
-    assert batch["attention_mask_a"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["attention_mask_b"].sum(1).tolist() == [2, 1]
 
 
 def test_datamodule_carves_splits_and_caches_tokenization(tmp_path, tiny_bert):

@@ -106,3 +106,18 @@ def test_card_hyperparameters_never_show_a_secret(tmp_path):
     non_default, every = hyperparameters(cfg)
     assert every["data.hf_token"] == every["model.api_key"] == "<redacted>"
     assert "hf_abc123" not in str(non_default) + str(every) and "k-42" not in str(every)
+
+
+def test_training_logs_undo_lightnings_division_by_the_accumulation_factor():
+    """Lightning hands callbacks the loss divided by accumulate_grad_batches (what backward saw)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from src.model_card import TrainingLogs
+
+    logs = TrainingLogs()
+    trainer = SimpleNamespace(accumulate_grad_batches=4)
+    for loss in (0.25, 0.5):  # the divided losses of two batches whose loss was 1.0 and 2.0
+        logs.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, 0)
+    assert logs._losses == [1.0, 2.0]
