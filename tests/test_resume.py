@@ -206,7 +206,7 @@ def test_run_folders_are_unique_within_a_second(tmp_path):
 
 
 class BatchLog(L.Callback):
-    """Test probe: appends `<epoch> <batch index> <pair index>...` for every training batch, and
+    """Test probe: appends `<epoch> <rank> <batch index> <pair index>...` for every training batch, and
     stops the run as a SIGTERM would after the `stop_after`-th batch this process trains."""
 
     def __init__(self, path: str, stop_after: int = 0) -> None:
@@ -215,20 +215,21 @@ class BatchLog(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         with self.path.open("a") as f:
-            f.write(" ".join(map(str, [trainer.current_epoch, batch_idx, *batch["index"].tolist()])) + "\n")
+            f.write(" ".join(map(str, [trainer.current_epoch, trainer.global_rank, batch_idx, *batch["index"].tolist()])) + "\n")
         self.batches += 1
         if self.batches == self.stop_after:
             os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler stops after this batch
 
 
 def logged_epochs(path: Path) -> dict[int, list[list[int]]]:
-    """The batches of each epoch in order; a batch trained again after a resume replaces the first try."""
-    batches: dict[tuple[int, int], list[int]] = {}
+    """The batches of each epoch (rank by rank, in order); a batch trained again after a resume
+    replaces the first try."""
+    batches: dict[tuple[int, int, int], list[int]] = {}
     for line in path.read_text().splitlines():
-        epoch, batch_idx, *indices = map(int, line.split())
-        batches[epoch, batch_idx] = indices
+        epoch, rank, batch_idx, *indices = map(int, line.split())
+        batches[epoch, rank, batch_idx] = indices
     epochs: dict[int, list[list[int]]] = {}
-    for (epoch, _), indices in sorted(batches.items()):
+    for (epoch, _, _), indices in sorted(batches.items()):
         epochs.setdefault(epoch, []).append(indices)
     return epochs
 
@@ -259,6 +260,25 @@ def test_every_epoch_trains_every_pair_once_in_a_fresh_order(tmp_path, tiny_over
     orders = [[i for batch in epochs[e] for i in batch] for e in range(3)]
     assert sorted(orders[0]) == sorted(orders[1]) == sorted(orders[2]) == list(range(len(orders[0])))
     assert orders[0] != orders[1] and orders[1] != orders[2] and orders[0] != orders[2]
+
+
+@pytest.mark.slow  # a DDP run of several processes
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_every_epoch_trains_every_pair_once_across_ddp_ranks(tmp_path, tiny_overrides, ranks):
+    log = tmp_path / "batches.log"
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", *tiny_overrides, "trainer=ddp_cpu", f"trainer.devices={ranks}",
+         "trainer.max_steps=-1", "trainer.max_epochs=3", "test=false", f"hydra.run.dir={tmp_path / 'run'}",
+         f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.batch_log._target_=tests.test_resume.BatchLog",
+         f"+callbacks.batch_log.path={log}"],
+        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {int(line.split()[1]) for line in log.read_text().splitlines()} == set(range(ranks))
+    epochs = logged_epochs(log)
+    orders = [[i for batch in epochs[e] for i in batch] for e in range(3)]
+    assert sorted(orders[0]) == sorted(orders[1]) == sorted(orders[2]) == list(range(len(orders[0])))
+    assert orders[0] != orders[1] and orders[1] != orders[2]
 
 
 def test_sigterm_mid_accumulation_resumes_exactly(tmp_path, tiny_overrides):
