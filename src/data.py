@@ -12,7 +12,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 import datasets
 import lightning as L
@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from src.batching import PairBatchSampler, PairCollator, ResumePoint
 from src.errors import UserInputError
+from src.schema import Fraction, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ SPLITS = ("train", "val", "test")
 FLOAT_LABELS = "float"  # a label map given as this string passes numeric labels through
 CACHE_VERSION = "2"  # bump when the tokenized layout changes
 DEFAULT_SIMILARITY_MAP = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
-# training rows: scored pairs, or (anchor, positive, optional hard negative) triplets
-TRAIN_FORMATS = ("pairs", "triplets")
 
 
 @dataclass(frozen=True)
@@ -240,7 +239,7 @@ class PairDataModule(L.LightningDataModule):
     def __init__(
         self,
         tokenizer: str,
-        max_seq_length: int,
+        max_seq_length: PositiveInt,
         train_file: str | None,
         val_file: str | None = None,
         test_file: str | None = None,
@@ -249,16 +248,17 @@ class PairDataModule(L.LightningDataModule):
         columns: Mapping[str, str | None] | None = None,
         label_map: str = "similarity",
         label_maps: Mapping[str, Any] | None = None,
-        train_format: str = "pairs",
+        # training rows: scored pairs, or (anchor, positive, optional hard negative) triplets
+        train_format: Literal["pairs", "triplets"] = "pairs",
         triplet_labels: Mapping[str, str] | None = None,
-        val_fraction: float = 0.0,
-        test_fraction: float = 0.0,
+        val_fraction: Fraction = 0.0,
+        test_fraction: Fraction = 0.0,
         split_seed: int = 42,
-        batch_size: int = 16,
-        eval_batch_size: int = 64,
+        batch_size: PositiveInt = 16,
+        eval_batch_size: PositiveInt = 64,
         group_by_length: bool = True,
         seed: int = 42,
-        num_workers: int = 0,
+        num_workers: NonNegativeInt = 0,
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
     ) -> None:
@@ -271,8 +271,6 @@ class PairDataModule(L.LightningDataModule):
         self.columns = PairColumns(**(columns or {}))
         self.label_map_name = label_map
         self.label_map = resolve_label_map(label_map, label_maps or {"similarity": DEFAULT_SIMILARITY_MAP})
-        if train_format not in TRAIN_FORMATS:
-            raise UserInputError(f"data.train_format: {train_format!r} is not one of {', '.join(TRAIN_FORMATS)}")
         self.train_format = train_format
         labels = {"positive": "entailment", "negative": "contradiction", **(triplet_labels or {})}
         self.triplet_labels = {role: normalize_label(label) for role, label in labels.items()}
@@ -295,8 +293,6 @@ class PairDataModule(L.LightningDataModule):
         for name, fraction in self.fractions.items():
             if self.files[name]:
                 raise UserInputError(f"data.{name}_fraction: set, but data.{name}_file is set too; use one")
-            if not 0 < fraction < 1:
-                raise UserInputError(f"data.{name}_fraction: {fraction} is not between 0 and 1")
         # evaluation needs only the split it scores; training and carving need the train file
         if not train_file and (self.fractions or not (val_file or test_file)):
             raise UserInputError("data.train_file: not set")

@@ -27,7 +27,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     from src.export import load_model
     from src.metrics import METRIC_NAMES, metrics_table
+    from src.schema import check_config
 
+    check_config(cfg, sections=("data", "trainer"))
     model = load_model(cfg.model.source, cfg.model.pooling, cfg.model.max_seq_length)
     datamodule = instantiate(
         cfg.data, tokenizer=model.hparams.name_or_path, max_seq_length=model.hparams.max_seq_length

@@ -61,15 +61,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from src.model import check_encoder_config
     from src.model_card import TrainingLogs
     from src.resume import PREEMPTED_EXIT_CODE, check_checkpoint_fits, read_checkpoint_shapes, resolve_ckpt_path
+    from src.schema import check_config
     from src.tracking import redact_secrets
 
     output_dir = Path(cfg.paths.output_dir)
     # what a user can get wrong fails here, in seconds, before any data or model work
+    check_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     ckpt_shapes = read_checkpoint_shapes(ckpt_path) if ckpt_path else None
-    check_encoder_config(
-        cfg.model.name_or_path, cfg.model.max_seq_length, cfg.model.pooling, cfg.model.get("trust_remote_code", False)
-    )
+    check_encoder_config(cfg.model.name_or_path, cfg.model.max_seq_length, cfg.model.get("trust_remote_code", False))
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)

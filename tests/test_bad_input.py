@@ -166,9 +166,27 @@ def test_unknown_pooling(tmp_path, tiny_overrides, no_model_load):
     assert message.startswith("model.pooling: unknown pooling 'median'; choose one of mean, ")
 
 
-def test_sentences_per_pass_not_a_positive_number(tmp_path, tiny_overrides, no_model_load):
-    message = user_error(tmp_path, tiny_overrides, "model.sentences_per_pass=0")
-    assert message == "model.sentences_per_pass: 0 is not a positive number, null or auto"
+@pytest.mark.parametrize("override, expected", [
+    # negative or zero where a positive value is needed
+    ("model.lr=-1", "model.lr: -1 is not a positive number"),
+    ("data.batch_size=0", "data.batch_size: 0 is not a positive integer"),
+    ("model.sentences_per_pass=0", "model.sentences_per_pass: 0 is not a positive integer, one of auto or null"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches: 0 is not a positive integer"),
+    ("data.val_fraction=1.5", "data.val_fraction: 1.5 is not a number >= 0 and < 1"),
+    ("loss.scale=-2", "loss.scale: -2 is not a positive number"),
+    # an unknown choice
+    ("data.train_format=quads", "data.train_format: unknown train_format 'quads'; choose one of pairs, triplets"),
+    ("model.nonfinite_loss=ignore", "model.nonfinite_loss: unknown nonfinite_loss 'ignore'; choose one of error, skip"),
+    # the wrong type
+    ("data.batch_size=sixteen", "data.batch_size: 'sixteen' is not a positive integer"),
+    ("model.normalize=maybe", "model.normalize: 'maybe' is not true or false"),
+    ("seed=abc", "seed: 'abc' is not an integer"),
+])
+def test_a_bad_config_value_names_the_key_the_value_and_what_is_allowed(tmp_path, tiny_overrides, no_model_load,
+                                                                        override, expected):
+    message = user_error(tmp_path, tiny_overrides, "loss=cosent" if "loss.scale" in override else "seed=1", override)
+    assert message == expected
+    assert not (tmp_path / "run" / "cache").exists()  # nothing was read or tokenized
 
 
 def test_unknown_label_map(tmp_path, tiny_overrides, no_model_load):
