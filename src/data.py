@@ -81,7 +81,8 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
                 yield i, row
         elif suffix in (".csv", ".tsv"):
-            with path.open(encoding="utf-8", newline="") as f:
+            # utf-8-sig: a byte-order mark (what Excel writes) is not part of the first column's name
+            with path.open(encoding="utf-8-sig", newline="") as f:
                 reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
                 for i, row in enumerate(reader, start=1):
                     yield i, row
@@ -97,15 +98,15 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open("rb") as f:
         head = f.read(64).lstrip()
-    if head.startswith(b"["):  # a JSON array of records
-        with path.open(encoding="utf-8") as f:
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):  # a JSON array of records
+        with path.open(encoding="utf-8-sig") as f:
             try:
                 records = json.load(f)
             except json.JSONDecodeError as e:
                 raise UserInputError(f"{path}: row {e.lineno}: not valid JSON ({e.msg})") from None
         yield from enumerate(records, start=1)
         return
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -349,7 +350,12 @@ class PairDataModule(L.LightningDataModule):
         path = self._local_path(split)
         cache = self._cache_path(path)
         if cache.exists():
-            return datasets.Dataset.from_file(str(cache))
+            try:
+                return datasets.Dataset.from_file(str(cache))
+            except Exception as e:  # cut short (a full disk, a node that died mid-write) or overwritten
+                log.warning("%s: unreadable tokenization cache (%s: %s); rebuilding it",
+                            cache, type(e).__name__, str(e).strip().splitlines()[0][:200] if str(e).strip() else "")
+                cache.unlink(missing_ok=True)
         table = read_pairs(path, self.columns, self.label_map)
         raw = datasets.Dataset.from_dict(
             {

@@ -220,3 +220,21 @@ def test_checkpoint_from_another_model(tmp_path, tiny_overrides, tiny_bert):
         r"\(e.g. encoder.embeddings.word_embeddings.weight: \[100, 48\] vs \[\d+, 32\]\)",
         message,
     )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json"])
+def test_a_file_with_a_byte_order_mark_reads_as_its_columns(tmp_path, suffix):
+    """Excel saves CSV with a UTF-8 byte-order mark; it used to become part of the first column's name."""
+    rows = good_rows(6)
+    path = tmp_path / f"pairs{suffix}"
+    if suffix in (".csv", ".tsv"):
+        sep = "\t" if suffix == ".tsv" else ","
+        lines = [sep.join(rows[0])] + [sep.join(str(v) for v in r.values()) for r in rows]
+        text = "\n".join(lines) + "\n"
+    elif suffix == ".json":
+        text = json.dumps(rows, ensure_ascii=False)
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    path.write_bytes("\ufeff".encode() + text.encode())
+    table = read_pairs(path, PairColumns(), resolve_label_map("similarity", {"similarity": SIMILARITY}))
+    assert table.sentence1 == [r["translation1"] for r in rows] and table.score == [1.0, 0.5, 0.0] * 2

@@ -133,3 +133,18 @@ def test_pair_tokenizer_matches_the_fast_tokenizer(minilm_path):
     for column, key in (("sentence1", "input_ids_a"), ("sentence2", "input_ids_b")):
         assert out[key] == tokenizer(batch[column], truncation=True, max_length=12)["input_ids"]
     assert out["max_length"] == [max(len(a), len(b)) for a, b in zip(out["input_ids_a"], out["input_ids_b"])]
+
+
+def test_a_truncated_cache_file_is_named_and_rebuilt(tmp_path, tiny_bert, caplog):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [row(s1=f"משפט {i}", group=i) for i in range(20)])
+    kwargs = dict(tokenizer=str(tiny_bert), max_seq_length=32, train_file=str(path), label_maps=LABEL_MAPS,
+                  cache_dir=str(tmp_path / "cache"))
+    first = PairDataModule(**kwargs).load_split_file("train").to_dict()  # a copy: the dataset maps the file
+    (cache,) = (tmp_path / "cache" / "tokenized").glob("*.arrow")
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])  # a write cut short
+    with caplog.at_level("WARNING", logger="src.data"):
+        again = PairDataModule(**kwargs).load_split_file("train")
+    assert again.to_dict() == first
+    (line,) = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
+    assert line.startswith(f"{cache}: unreadable tokenization cache (") and line.endswith("rebuilding it")
+    assert PairDataModule(**kwargs).load_split_file("train")["score"] == first["score"]  # and good again
