@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import src  # noqa: F401  (registers the config resolvers)
 from src.errors import UserInputError
@@ -27,13 +27,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     from src.export import load_model
     from src.metrics import METRIC_NAMES, metrics_table
-    from src.schema import check_config
+    from src.schema import check_config, check_node
 
-    check_config(cfg, sections=("data", "trainer"))
+    check_config(cfg, sections=("trainer",))
     model = load_model(cfg.model.source, cfg.model.pooling, cfg.model.max_seq_length)
-    datamodule = instantiate(
-        cfg.data, tokenizer=model.hparams.name_or_path, max_seq_length=model.hparams.max_seq_length
-    )
+    # the data module tokenizes as the model does
+    from_model = {"tokenizer": model.hparams.name_or_path, "max_seq_length": model.hparams.max_seq_length}
+    check_node("data", {**OmegaConf.to_container(cfg.data, resolve=True), **from_model})
+    datamodule = instantiate(cfg.data, **from_model)
     if not datamodule.has_split("test"):
         raise UserInputError("data.test_file: not set; name the file of pairs to score")
     trainer = instantiate(cfg.trainer)
