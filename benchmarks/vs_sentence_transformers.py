@@ -36,12 +36,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from src.config import PROJECT_ROOT
+from src.data import PairColumns, read_pairs, resolve_label_map, split_by_group
 
-import src  # noqa: E402
-from src.data import PairColumns, read_pairs, resolve_label_map, split_by_group  # noqa: E402
-
-SHARED = src.PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
+SHARED = PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results"
 PEER = "sentence_transformers"
 RECIPE = {"batch_size": 16, "epochs": 1, "lr": 5e-5, "seed": 42, "max_seq_length": 256}

@@ -14,11 +14,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import src  # noqa: F401  (registers the config resolvers)
-from src.errors import UserInputError
-from src.train import user_errors, write_json
+from src.atomic import write_json
+from src.config import register_resolvers
+from src.errors import UserInputError, user_errors
 
 log = logging.getLogger(__name__)
+register_resolvers()  # before @hydra.main composes the config
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -18,11 +18,11 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-import src  # noqa: F401  (registers the config resolvers)
-from src.errors import UserInputError
-from src.train import user_errors
+from src.config import register_resolvers
+from src.errors import UserInputError, user_errors
 
 log = logging.getLogger(__name__)
+register_resolvers()  # before @hydra.main composes the config
 
 # our pooling mode -> the flag of sentence-transformers' Pooling config (classic key names)
 POOLING_FLAGS = {

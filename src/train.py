@@ -7,47 +7,18 @@ Heavy libraries are imported inside `train()`, so a config typo fails in a secon
 """
 import json
 import logging
-import os
-import sys
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import src  # noqa: F401  (registers the config resolvers)
-from src.errors import UserInputError
+from src.atomic import write_json
+from src.config import register_resolvers
+from src.errors import user_errors
 
 log = logging.getLogger(__name__)
-
-
-def _user_error(error: BaseException | None) -> UserInputError | None:
-    """The UserInputError behind an exception; Hydra's instantiate wraps them in its own."""
-    while error is not None and not isinstance(error, UserInputError):
-        error = error.__cause__ or error.__context__
-    return error
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Print a user's mistake as one line and exit 1; `HYDRA_FULL_ERROR=1` shows the traceback."""
-    try:
-        yield
-    except Exception as e:
-        user_error = _user_error(e)
-        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {user_error}", file=sys.stderr)
-        sys.exit(1)
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+register_resolvers()  # before @hydra.main composes the config
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

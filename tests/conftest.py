@@ -13,10 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import src  # noqa: E402  (registers the resolvers)
+from src.config import PROJECT_ROOT  # noqa: E402
 
-SHARED_HEBNLI = src.PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
-DEMO_PAIRS = src.PROJECT_ROOT / "data" / "demo" / "hebrew_pairs.jsonl"
+SHARED_HEBNLI = PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
+DEMO_PAIRS = PROJECT_ROOT / "data" / "demo" / "hebrew_pairs.jsonl"
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,10 @@ import pytest
 import torch
 from transformers import AutoModel
 
-import src
+from src.config import PROJECT_ROOT
 from src.data import PairColumns, read_pairs, resolve_label_map
-from src.train import _user_error, train
+from src.errors import user_error_behind
+from src.train import train
 from tests.conftest import compose_train_cfg
 
 SIMILARITY = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
@@ -51,7 +52,7 @@ def user_error(tmp_path: Path, tiny_overrides: list[str], *overrides: str) -> st
     cfg = compose_train_cfg(tiny_overrides + list(overrides), tmp_path / "run")
     with pytest.raises(Exception) as info:
         train(cfg)
-    error = _user_error(info.value)
+    error = user_error_behind(info.value)
     assert error is not None, f"not a user error: {info.value!r}"
     message = str(error)
     assert "\n" not in message
@@ -60,7 +61,7 @@ def user_error(tmp_path: Path, tiny_overrides: list[str], *overrides: str) -> st
 
 def run_cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, **kwargs,
     )
 

@@ -1,10 +1,10 @@
 """The arithmetic behind the benchmarks' figures (the benchmarks themselves are run by hand, not timed here)."""
 import importlib.util
 
-import src
+from src.config import PROJECT_ROOT
 from tests.conftest import DEMO_PAIRS
 
-spec = importlib.util.spec_from_file_location("vs_st", src.PROJECT_ROOT / "benchmarks" / "vs_sentence_transformers.py")
+spec = importlib.util.spec_from_file_location("vs_st", PROJECT_ROOT / "benchmarks" / "vs_sentence_transformers.py")
 vs_st = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(vs_st)
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-import src
+from src.config import PROJECT_ROOT
 from src.metrics import METRIC_NAMES
 from tests.conftest import compose_train_cfg
 
@@ -19,7 +19,7 @@ def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overri
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "-m", "seed=1,2", *tiny_overrides, *data, "trainer=ddp_cpu",
          "trainer.max_steps=4", "trainer.val_check_interval=2", f"hydra.sweep.dir={sweep}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=400,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=400,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

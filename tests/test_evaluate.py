@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import src
+from src.config import PROJECT_ROOT
 from src.config import compose_config
 from src.data import PairColumns, read_pairs, resolve_label_map
 from src.evaluate import evaluate, expand_model_shorthand
@@ -54,7 +54,7 @@ def test_model_shorthand_on_the_command_line(tiny_run, tmp_path):
         [sys.executable, "-m", "src.evaluate", f"model={tiny_run / 'model'}", f"data.test_file={DEMO_PAIRS}",
          f"hydra.run.dir={tmp_path / 'eval'}", f"paths.cache_dir={tmp_path / 'cache'}",
          "trainer.enable_progress_bar=false"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -13,7 +13,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-import src
+from src.config import PROJECT_ROOT
 from src.export import load_checkpoint_model, load_model, save_sentence_transformer
 from src.model import SentenceEmbeddingModel
 from src.train import train
@@ -122,14 +122,14 @@ def test_export_command_writes_beside_the_checkpoint(tiny_run, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "src.export", f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'exported'}",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     modules = json.loads((tmp_path / "exported" / "modules.json").read_text())
     assert [m["path"] for m in modules] == ["", "1_Pooling"]
     missing = subprocess.run(
         [sys.executable, "-m", "src.export", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path / 'h2'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert missing.returncode == 1 and "nope.ckpt" in missing.stderr
 
@@ -143,7 +143,7 @@ def test_export_command_writes_the_runs_card_for_the_checkpoint(tiny_run, tiny_b
     result = subprocess.run(
         [sys.executable, "-m", "src.export", f"ckpt_path={best}", f"output_dir={tmp_path / 'exported'}",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     front, body = (tmp_path / "exported" / "README.md").read_text(encoding="utf-8").split("---\n", 2)[1:]

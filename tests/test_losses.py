@@ -176,14 +176,14 @@ def test_in_batch_negatives_gathered_under_lightning_ddp(tmp_path, tiny_override
     import subprocess
     import sys
 
-    import src
+    from src.config import PROJECT_ROOT
 
     run = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "src.train", *tiny_overrides, "trainer=ddp_cpu", "loss=in_batch_negatives",
          "loss.gather_across_ranks=true", "trainer.max_steps=2", "test=false", f"hydra.run.dir={run}",
          f"paths.cache_dir={tmp_path / 'cache'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in (run / "train.log").read_text()

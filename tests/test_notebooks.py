@@ -7,9 +7,8 @@ import sys
 import nbformat
 import pytest
 
-import src
-
-NOTEBOOKS = src.PROJECT_ROOT / "notebooks"
+from src.config import PROJECT_ROOT
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
 RESULT = "notebook-result:"
 
 
@@ -25,7 +24,7 @@ def run_notebook(name: str, parameters: dict, result: str, monkeypatch) -> dict:
     nb.cells.insert(at + 1, injected)
     nb.cells.append(nbformat.v4.new_code_cell(f"import json\nprint({RESULT!r}, json.dumps({result}))"))
     # the kernel imports this checkout's `src`, draws with Agg, and stays on one core
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(src.PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
@@ -101,7 +100,7 @@ def sweep(tmp_path_factory, tiny_bert):
          "trainer.enable_model_summary=false", "trainer.max_steps=4", "trainer.val_check_interval=2",
          "data.eval_batch_size=32", "test=false", "model.lr=1e-4,5e-4",
          f"hydra.sweep.dir={root / 'sweep'}", f"paths.cache_dir={root / 'cache'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import src
+from src.config import PROJECT_ROOT
 from src.errors import NonFiniteLossError, UserInputError
 from src.losses import CosineSimilarityLoss
 from src.resume import AtomicCheckpointIO, resolve_ckpt_path
@@ -73,7 +73,7 @@ def start_run(run_dir: Path, tiny_bert: Path, *extra: str, delay: float = 0.0) -
         f"+callbacks.seen_pairs.delay={delay}", *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=src.PROJECT_ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -197,10 +197,10 @@ def test_a_finished_run_folder_is_never_started_afresh(tmp_path):
 
 def test_run_folders_are_unique_within_a_second(tmp_path):
     """Two runs started in the same second get different folders."""
-    code = ("from hydra import compose, initialize_config_dir; import src; "
-            "initialize_config_dir(config_dir=str(src.CONFIG_DIR), version_base='1.3'); "
+    code = ("from hydra import compose, initialize_config_dir; from src.config import CONFIG_DIR, register_resolvers; "
+            "register_resolvers(); initialize_config_dir(config_dir=str(CONFIG_DIR), version_base='1.3'); "
             "cfg = compose('train', return_hydra_config=True); print(cfg.hydra.run.dir)")
-    dirs = {subprocess.run([sys.executable, "-c", code], cwd=src.PROJECT_ROOT, capture_output=True, text=True,
+    dirs = {subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                            check=True).stdout.strip() for _ in range(2)}
     assert len(dirs) == 2
 
@@ -271,7 +271,7 @@ def test_every_epoch_trains_every_pair_once_across_ddp_ranks(tmp_path, tiny_over
          "trainer.max_steps=-1", "trainer.max_epochs=3", "test=false", f"hydra.run.dir={tmp_path / 'run'}",
          f"paths.cache_dir={tmp_path / 'cache'}", "+callbacks.batch_log._target_=tests.test_resume.BatchLog",
          f"+callbacks.batch_log.path={log}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {int(line.split()[1]) for line in log.read_text().splitlines()} == set(range(ranks))

@@ -3,12 +3,12 @@ from typing import Literal
 
 import pytest
 
-import src
+from src.config import CONFIG_DIR
 from src.errors import UserInputError
 from src.schema import POSITIVE, PositiveInt, Range, allows, check_config, check_value, describe
 from tests.conftest import compose_train_cfg
 
-EXPERIMENTS = sorted(p.stem for p in (src.CONFIG_DIR / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 
-import src
+from src.config import PROJECT_ROOT
 from src.tracking import REDACTED, WandbLogger, closing_wandb_run, offline_reason, redact_secrets
 from src.train import train
 from tests.conftest import compose_train_cfg
@@ -137,7 +137,7 @@ def test_each_sweep_job_is_its_own_run_grouped_by_sweep(tmp_path, tiny_overrides
         [sys.executable, "-m", "src.train", "-m", "model.lr=1e-5,5e-5", *tiny_overrides, "logger=wandb",
          "logger.wandb.offline=true", "trainer.max_steps=2", "test=false", f"hydra.sweep.dir={sweep}",
          f"paths.cache_dir={tmp_path / 'cache'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-import src
+from src.config import PROJECT_ROOT
 from src.metrics import METRIC_NAMES
 from src.train import train
 from tests.conftest import compose_train_cfg
@@ -113,7 +113,7 @@ def test_sentences_per_pass_gives_the_one_pass_embeddings_and_gradients(tmp_path
 def test_config_typo_fails_fast_with_hydra_error():
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "+experiment=demo", "model.learning_rate=1"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0
     assert "learning_rate" in result.stderr
@@ -126,7 +126,7 @@ def test_demo_experiment_runs_end_to_end(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "+experiment=demo", f"hydra.run.dir={run}",
          f"paths.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
