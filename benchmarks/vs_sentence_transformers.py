@@ -202,8 +202,11 @@ def run_sentence_transformers(
     """`SentenceTransformerTrainer` + `CosineSimilarityLoss`, its defaults but for `ARG=VALUE` overrides."""
     import yaml
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
 
     model = SentenceTransformer(str(setup.encoder_dir), device=setup.device)

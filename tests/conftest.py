@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny random BERT for fast runs, the real MiniLM, the shared HebNLI sample,
-and Hydra configs composed as `python -m src.train` would compose them."""
+and the overrides of a fast training run (plain helpers are in tests/helpers.py)."""
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,10 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from src.config import PROJECT_ROOT  # noqa: E402
-
-SHARED_HEBNLI = PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
-DEMO_PAIRS = PROJECT_ROOT / "data" / "demo" / "hebrew_pairs.jsonl"
+from tests.helpers import SHARED_HEBNLI  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -52,13 +48,6 @@ def shared_hebnli() -> Path:
     if not SHARED_HEBNLI.is_file():
         pytest.skip(f"shared HebNLI sample not found at {SHARED_HEBNLI}")
     return SHARED_HEBNLI
-
-
-def compose_train_cfg(overrides: list[str], output_dir: Path):
-    """The config `python -m src.train <overrides>` would run with, writing into `output_dir`."""
-    from src.config import compose_config
-
-    return compose_config(overrides, output_dir)
 
 
 @pytest.fixture

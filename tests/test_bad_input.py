@@ -14,18 +14,13 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from src.config import PROJECT_ROOT
+from src.config import PROJECT_ROOT, compose_config
 from src.data import PairColumns, read_pairs, resolve_label_map
 from src.errors import user_error_behind
 from src.train import train
-from tests.conftest import compose_train_cfg
+from tests.helpers import write_jsonl
 
 SIMILARITY = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def pair(i: int, label="entailment", s1=None, s2="השערה") -> dict:
@@ -49,7 +44,7 @@ def no_model_load(monkeypatch):
 
 def user_error(tmp_path: Path, tiny_overrides: list[str], *overrides: str) -> str:
     """The one-line message a run with these overrides stops with."""
-    cfg = compose_train_cfg(tiny_overrides + list(overrides), tmp_path / "run")
+    cfg = compose_config(tiny_overrides + list(overrides), tmp_path / "run")
     with pytest.raises(Exception) as info:
         train(cfg)
     error = user_error_behind(info.value)

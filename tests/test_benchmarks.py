@@ -2,7 +2,7 @@
 import importlib.util
 
 from src.config import PROJECT_ROOT
-from tests.conftest import DEMO_PAIRS
+from tests.helpers import DEMO_PAIRS
 
 spec = importlib.util.spec_from_file_location("vs_st", PROJECT_ROOT / "benchmarks" / "vs_sentence_transformers.py")
 vs_st = importlib.util.module_from_spec(spec)

@@ -1,12 +1,11 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from src.data import PairColumns, PairDataModule, read_pairs, resolve_label_map, split_by_group
 from src.errors import UserInputError
-from tests.conftest import DEMO_PAIRS
+from tests.helpers import DEMO_PAIRS, write_jsonl
 
 LABEL_MAPS = {
     "similarity": {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0},
@@ -14,11 +13,6 @@ LABEL_MAPS = {
     "float": "float",
 }
 COLUMNS = PairColumns()
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def row(s1="שלום", s2="עולם", label="entailment", group=1) -> dict:

@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
-from src.config import PROJECT_ROOT
+from src.config import PROJECT_ROOT, compose_config
 from src.metrics import METRIC_NAMES
-from tests.conftest import compose_train_cfg
 
 
 def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overrides):
@@ -36,7 +35,7 @@ def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overri
     job = sweep / "0"
     ddp_metrics = json.loads((job / "metrics.json").read_text())
     (best,) = [p for p in (job / "checkpoints").iterdir() if p.name != "last.ckpt"]
-    cfg = compose_train_cfg([*tiny_overrides, *data, "seed=1"], tmp_path / "single")
+    cfg = compose_config([*tiny_overrides, *data, "seed=1"], tmp_path / "single")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         use_distributed_sampler=False)
     single = trainer.validate(instantiate(cfg.model), datamodule=instantiate(cfg.data), ckpt_path=str(best))[0]
@@ -63,10 +62,10 @@ def test_default_precision_follows_the_chip(monkeypatch, tmp_path, accelerator, 
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: cpu_amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # not enough: bf16 ran slower
-    cfg = compose_train_cfg(["+experiment=demo", f"trainer.accelerator={accelerator}"], tmp_path)
+    cfg = compose_config(["+experiment=demo", f"trainer.accelerator={accelerator}"], tmp_path)
     assert cfg.trainer.precision == expected
     # the reference recipe keeps its fp32 on any chip
-    reference = compose_train_cfg(["+experiment=hebrew_nli_seed", f"trainer.accelerator={accelerator}"], tmp_path)
+    reference = compose_config(["+experiment=hebrew_nli_seed", f"trainer.accelerator={accelerator}"], tmp_path)
     assert reference.trainer.precision == "32-true"
 
 
@@ -74,7 +73,7 @@ def test_default_precision_follows_the_chip(monkeypatch, tmp_path, accelerator, 
 def test_trainer_presets_compose(tmp_path, trainer):
     import torch
 
-    cfg = compose_train_cfg(["+experiment=demo", f"trainer={trainer}"], tmp_path)
+    cfg = compose_config(["+experiment=demo", f"trainer={trainer}"], tmp_path)
     if trainer == "ddp_cpu":
         assert cfg.trainer.devices == 2 and cfg.trainer.strategy.process_group_backend == "gloo"
     else:  # mixed precision picked for this machine: fp32 without a GPU
@@ -91,7 +90,7 @@ def test_ddp_children_rerun_the_job_not_the_sweep(tmp_path, monkeypatch):
 
     from src.distributed import hydra_subprocess_cmd
 
-    compose_train_cfg(["+experiment=demo"], tmp_path)
+    compose_config(["+experiment=demo"], tmp_path)
     hydra = HydraConfig.get()
     with read_write(hydra):
         hydra.runtime.output_dir = str(tmp_path / "sweep" / "3")

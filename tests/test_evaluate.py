@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from src.config import PROJECT_ROOT
-from src.config import compose_config
+from src.config import PROJECT_ROOT, compose_config
 from src.data import PairColumns, read_pairs, resolve_label_map
 from src.evaluate import evaluate, expand_model_shorthand
 from src.metrics import METRIC_NAMES
 from src.train import train
-from tests.conftest import DEMO_PAIRS, compose_train_cfg
+from tests.helpers import DEMO_PAIRS
 
 TEN_TEST = {f"test/{m}" for m in METRIC_NAMES}
 
@@ -31,7 +30,7 @@ def tiny_run(tmp_path_factory, tiny_bert) -> Path:
         "trainer.max_steps=4", "trainer.val_check_interval=2", f"data.test_file={DEMO_PAIRS}",
         "data.test_fraction=0",
     ]
-    train(compose_train_cfg(overrides, run))
+    train(compose_config(overrides, run))
     return run
 
 

@@ -8,6 +8,7 @@ import nbformat
 import pytest
 
 from src.config import PROJECT_ROOT
+
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 RESULT = "notebook-result:"
 
@@ -63,7 +64,7 @@ def test_kernel_is_this_python():
 def test_data_notebook(monkeypatch, tiny_bert):
     from transformers import AutoTokenizer
 
-    from tests.conftest import DEMO_PAIRS
+    from tests.helpers import DEMO_PAIRS
 
     rows = [json.loads(line) for line in DEMO_PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
@@ -140,7 +141,7 @@ def test_embeddings_notebook(monkeypatch, sweep):
     import pandas as pd
     from sentence_transformers import SentenceTransformer
 
-    from tests.conftest import DEMO_PAIRS
+    from tests.helpers import DEMO_PAIRS
 
     model_dir = sweep / str(pd.read_csv(sweep / "summary.csv")["job"][0]) / "model"
     run = run_notebook(

@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from src.config import PROJECT_ROOT
+from src.config import PROJECT_ROOT, compose_config
 from src.errors import NonFiniteLossError, UserInputError
 from src.losses import CosineSimilarityLoss
 from src.resume import AtomicCheckpointIO, resolve_ckpt_path
 from src.train import train
-from tests.conftest import compose_train_cfg
 
 
 class SeenPairs(L.Callback):
@@ -149,7 +148,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_as_preempted(tmp_path, tiny_bert):
 
 
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_overrides):
-    cfg = compose_train_cfg(
+    cfg = compose_config(
         tiny_overrides + ["loss._target_=tests.test_resume.NanLossAt", "+loss.at=4",
                           "callbacks.periodic_checkpoint.every_n_train_steps=1"],
         tmp_path,
@@ -162,7 +161,7 @@ def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(t
 
 
 def test_nonfinite_loss_skip_drops_the_batch_and_counts_it(tmp_path, tiny_overrides):
-    cfg = compose_train_cfg(
+    cfg = compose_config(
         tiny_overrides + ["loss._target_=tests.test_resume.NanLossAt", "+loss.at=2", "model.nonfinite_loss=skip",
                           "trainer.log_every_n_steps=1"],
         tmp_path,
@@ -236,7 +235,7 @@ def logged_epochs(path: Path) -> dict[int, list[list[int]]]:
 
 def run_logged(tmp_path: Path, name: str, overrides: list[str], stop_after: int = 0, resume: bool = False):
     log = tmp_path / f"{name}.log"
-    cfg = compose_train_cfg(
+    cfg = compose_config(
         overrides + ["+callbacks.batch_log._target_=tests.test_resume.BatchLog", f"+callbacks.batch_log.path={log}",
                      f"+callbacks.batch_log.stop_after={stop_after}", *(["ckpt_path=last"] if resume else [])],
         tmp_path / name,

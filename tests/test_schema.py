@@ -3,10 +3,9 @@ from typing import Literal
 
 import pytest
 
-from src.config import CONFIG_DIR
+from src.config import CONFIG_DIR, compose_config
 from src.errors import UserInputError
 from src.schema import POSITIVE, PositiveInt, Range, allows, check_config, check_value, describe
-from tests.conftest import compose_train_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -14,7 +13,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 @pytest.mark.parametrize("trainer", ["default", "gpu", "ddp_cpu"])
 def test_every_shipped_experiment_passes_the_schema(tmp_path, experiment, trainer):
-    check_config(compose_train_cfg([f"+experiment={experiment}", f"trainer={trainer}"], tmp_path))
+    check_config(compose_config([f"+experiment={experiment}", f"trainer={trainer}"], tmp_path))
 
 
 def test_types_are_read_as_a_user_means_them():

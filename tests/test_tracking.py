@@ -7,11 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-
-from src.config import PROJECT_ROOT
+from src.config import PROJECT_ROOT, compose_config
 from src.tracking import REDACTED, WandbLogger, closing_wandb_run, offline_reason, redact_secrets
 from src.train import train
-from tests.conftest import compose_train_cfg
 
 
 def wandb_records(run_file: Path) -> list:
@@ -114,7 +112,7 @@ def test_offline_run_holds_config_metrics_pairs_and_model(tmp_path, tiny_overrid
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     run_dir = tmp_path / "run"
-    cfg = compose_train_cfg(tiny_overrides + ["logger=many", "trainer.val_check_interval=3", "model.lr=3e-5"], run_dir)
+    cfg = compose_config(tiny_overrides + ["logger=many", "trainer.val_check_interval=3", "model.lr=3e-5"], run_dir)
     with closing_wandb_run(run_dir / "model"):
         metrics = train(cfg)
 

@@ -6,6 +6,7 @@ import pytest
 from src.batching import PairCollator
 from src.data import PairDataModule, TokenizedPairs, nli_triplets
 from src.errors import UserInputError
+from tests.helpers import write_jsonl
 from tests.test_data import LABEL_MAPS, row, write_jsonl
 
 
