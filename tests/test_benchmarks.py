@@ -102,3 +102,47 @@ def test_only_names_a_system_that_exists(monkeypatch):
     with pytest.raises(SystemExit, match="no system 'bf16'; the systems are ours, sentence_transformers, sentence_transformers\\+bf16"):
         vs_st.main()
 
+
+profile_spec = importlib.util.spec_from_file_location("gpu_profile", src.PROJECT_ROOT / "benchmarks" / "gpu_profile.py")
+gpu_profile = importlib.util.module_from_spec(profile_spec)
+profile_spec.loader.exec_module(gpu_profile)
+
+
+def test_profile_reads_gpu_busy_time_phases_and_syncs_from_a_cuda_trace(tmp_path):
+    """The trace arithmetic of benchmarks/gpu_profile.py, on a hand-made trace of two CUDA steps
+    (the CPU's traces have no kernels, so this is where the GPU part is checked)."""
+    import gzip
+    import json
+
+    cpu, gpu = {"pid": 1, "tid": 1}, {"pid": 0, "tid": 7}
+    events = []
+
+    def add(name, cat, ts, dur, where=cpu, **args):
+        events.append({"ph": "X", "name": name, "cat": cat, "ts": ts, "dur": dur, **where, "args": args})
+
+    for step, t in ((1, 0), (2, 1000)):
+        add(f"ProfilerStep#{step}", "user_annotation", t, 1000)
+        for phase, lo, hi in (("forward", 0, 400), ("backward", 400, 800), ("optimizer", 800, 950), ("between", 950, 1000)):
+            add(f"phase:{phase}", "user_annotation", t + lo, hi - lo)
+            add(f"phase:{phase}", "gpu_user_annotation", t + lo + 50, hi - lo, gpu)  # the GPU-side copy: ignored
+    # step 1: a kernel from each of forward, backward, optimizer; step 2: one from forward
+    for correlation, launch, start, dur in ((1, 100, 150, 100), (2, 500, 550, 200), (3, 900, 950, 50), (4, 1100, 1150, 100)):
+        add("cudaLaunchKernel", "cuda_runtime", launch, 5, correlation=correlation)
+        add(f"kernel_{correlation}", "kernel", start, dur, gpu, correlation=correlation)
+    # one `if not torch.isfinite(loss)` in step 1's forward: is_nonzero > item > _local_scalar_dense > sync
+    add("aten::is_nonzero", "cpu_op", 280, 100)
+    add("aten::item", "cpu_op", 285, 80)
+    add("aten::_local_scalar_dense", "cpu_op", 290, 70)
+    add("cudaStreamSynchronize", "cuda_runtime", 300, 50)
+    trace = tmp_path / "trace.json.gz"
+    trace.write_bytes(gzip.compress(json.dumps({"traceEvents": events}).encode()))
+
+    summary = gpu_profile.trace_summary(trace, profiled_steps=2)
+    assert summary["profiled_steps"] == 2 and summary["wall_ms_per_step"] == 1.0
+    assert summary["gpu_busy_share"] == 450 / 2000  # 4 kernels, 450 us busy in 2 ms
+    assert summary["kernels_per_step"] == 2 and summary["kernel_ms_per_step"] == 0.225
+    assert summary["phase_device_ms_per_step"] == {"between": 0.0, "forward": 0.1, "backward": 0.1, "optimizer": 0.025}
+    assert summary["phase_host_ms_per_step"] == {"between": 0.05, "forward": 0.4, "backward": 0.4, "optimizer": 0.15}
+    assert summary["syncs_per_step"] == 0.5
+    assert summary["syncs_by_caller"] == {
+        "cudaStreamSynchronize < aten::_local_scalar_dense < aten::item < aten::is_nonzero < phase:forward": 0.5}
