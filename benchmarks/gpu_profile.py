@@ -257,6 +257,7 @@ def profile_config(batch_size: int, precision: str, compile_: bool, args: argpar
         on_trace_ready=lambda p: p.export_chrome_trace(str(trace)),
     )
     first_timed, first_profiled = args.warmup, args.warmup + args.steps
+    started = time.perf_counter()
     window: dict[str, Any] = {}
 
     def on_step_end(step: int) -> None:
@@ -264,6 +265,7 @@ def profile_config(batch_size: int, precision: str, compile_: bool, args: argpar
             if args.device == "cuda":
                 torch.cuda.synchronize()
             window["t0"] = time.perf_counter()
+            print(f"{label}: {args.warmup} warm-up steps took {window['t0'] - started:.1f} s", flush=True)
         elif step == first_profiled - 1:
             if args.device == "cuda":
                 torch.cuda.synchronize()
@@ -274,7 +276,6 @@ def profile_config(batch_size: int, precision: str, compile_: bool, args: argpar
             prof.step()
 
     phases.on_step_end = on_step_end
-    started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     phases.close()
     try:
