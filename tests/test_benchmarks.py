@@ -103,7 +103,7 @@ def test_only_names_a_system_that_exists(monkeypatch):
         vs_st.main()
 
 
-profile_spec = importlib.util.spec_from_file_location("gpu_profile", src.PROJECT_ROOT / "benchmarks" / "gpu_profile.py")
+profile_spec = importlib.util.spec_from_file_location("gpu_profile", PROJECT_ROOT / "benchmarks" / "gpu_profile.py")
 gpu_profile = importlib.util.module_from_spec(profile_spec)
 profile_spec.loader.exec_module(gpu_profile)
 
