@@ -1,5 +1,6 @@
 """End-to-end training runs: the tiny BERT (fast), the demo experiment and real HebNLI pairs (slow)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -144,3 +145,16 @@ def test_real_hebnli_pairs_with_minilm(tmp_path, shared_hebnli):
     assert TEN_VAL | TEN_TEST <= set(metrics)
     # MiniLM already orders HebNLI pairs a little (about 0.1-0.2 Spearman); a broken pipeline gives ~0
     assert metrics["val/spearman_cosine"] > 0.05
+
+
+def test_training_needs_none_of_the_optional_extras(tmp_path, tiny_overrides):
+    """W&B, Optuna and SLURM are extras (`pip install -e ".[wandb,optuna,slurm]"`): a run without them trains."""
+    blocked = ("wandb", "optuna", "submitit", "hydra_plugins.hydra_optuna_sweeper", "hydra_plugins.hydra_submitit_launcher")
+    code = (f"import runpy, sys\nfor name in {blocked!r}:\n    sys.modules[name] = None  # import fails\n"
+            "runpy.run_module('src.train', run_name='__main__', alter_sys=True)")
+    result = subprocess.run(
+        [sys.executable, "-c", code, *tiny_overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "model" / "modules.json").is_file()
