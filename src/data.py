@@ -275,7 +275,11 @@ class PairDataModule(L.LightningDataModule):
         self.train_format = train_format
         labels = {"positive": "entailment", "negative": "contradiction", **(triplet_labels or {})}
         self.triplet_labels = {role: normalize_label(label) for role, label in labels.items()}
+        # a split file the user names wins over a carve fraction (which an experiment may have set)
         self.fractions = {name: f for name, f in (("val", val_fraction), ("test", test_fraction)) if f > 0}
+        for name in [name for name in self.fractions if self.files[name]]:
+            log.info("data: the %s split is data.%s_file=%s (data.%s_fraction=%s is not used)",
+                     name, name, self.files[name], name, self.fractions.pop(name))
         self.split_seed = split_seed
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -291,9 +295,6 @@ class PairDataModule(L.LightningDataModule):
         self._resumed_step = 0
         self._train_sampler: PairBatchSampler | None = None
         self._relaid = False
-        for name, fraction in self.fractions.items():
-            if self.files[name]:
-                raise UserInputError(f"data.{name}_fraction: set, but data.{name}_file is set too; use one")
         # evaluation needs only the split it scores; training and carving need the train file
         if not train_file and (self.fractions or not (val_file or test_file)):
             raise UserInputError("data.train_file: not set")

@@ -142,3 +142,15 @@ def test_a_truncated_cache_file_is_named_and_rebuilt(tmp_path, tiny_bert, caplog
     (line,) = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
     assert line.startswith(f"{cache}: unreadable tokenization cache (") and line.endswith("rebuilding it")
     assert PairDataModule(**kwargs).load_split_file("train")["score"] == first["score"]  # and good again
+
+
+def test_a_named_split_file_wins_over_a_carve_fraction(tmp_path, tiny_bert, caplog):
+    """`+experiment=demo data.val_file=dev.jsonl`: the demo carves val and test; the user's file is the val split."""
+    train = write_jsonl(tmp_path / "train.jsonl", [row(s1=f"משפט {g}", group=g) for g in range(40)])
+    val = write_jsonl(tmp_path / "dev.jsonl", [row(s1=f"אחר {g}", group=100 + g) for g in range(7)])
+    with caplog.at_level("INFO", logger="src.data"):
+        dm = PairDataModule(tokenizer=str(tiny_bert), max_seq_length=32, train_file=str(train), val_file=str(val),
+                            label_maps=LABEL_MAPS, val_fraction=0.2, test_fraction=0.25, cache_dir=str(tmp_path / "c"))
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 30, "val": 7, "test": 10}
+    assert f"data: the val split is data.val_file={val} (data.val_fraction=0.2 is not used)" in caplog.messages
