@@ -74,3 +74,27 @@ def tiny_overrides(tiny_bert) -> list[str]:
         "trainer.max_steps=6",
         "data.eval_batch_size=32",
     ]
+
+
+class FrozenEmbeddings:
+    """Stands in for a SentenceTransformer with cosine similarity whose `encode` returns fixed
+    embeddings, so sentence-transformers' evaluators score exactly the embeddings ours got."""
+
+    similarity_fn_name = "cosine"
+
+    def __init__(self, lookup: dict[str, torch.Tensor]) -> None:
+        from types import SimpleNamespace
+
+        self.lookup = lookup
+        self.model_card_data = SimpleNamespace(set_evaluation_metrics=lambda *args, **kwargs: None)
+
+    def encode(self, sentences: list[str], convert_to_tensor: bool = False, **kwargs):
+        embeddings = torch.stack([self.lookup[s] for s in sentences])
+        return embeddings if convert_to_tensor else embeddings.numpy()
+
+    encode_query = encode_document = encode
+
+    def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        from sentence_transformers.util import cos_sim
+
+        return cos_sim(a, b)
