@@ -202,3 +202,36 @@ def test_checkpoint_from_another_model(tmp_path, tiny_overrides, tiny_bert):
         r"\(e.g. encoder.embeddings.word_embeddings.weight: \[100, 48\] vs \[\d+, 32\]\)",
         message,
     )
+
+
+# -- evaluation views ---------------------------------------------------------------------------------
+
+def test_an_evaluation_split_without_positive_pairs(tmp_path, tiny_overrides, no_model_load):
+    train_file = write_jsonl(tmp_path / "train.jsonl", good_rows(30))
+    val_file = write_jsonl(tmp_path / "val.jsonl", [pair(i, ["neutral", "contradiction"][i % 2]) for i in range(6)])
+    message = user_error(tmp_path, tiny_overrides, f"data.train_file={train_file}", f"data.val_file={val_file}",
+                         "data.val_fraction=0", "data.test_fraction=0")
+    assert message == (
+        f"data.views.retrieval: the val split ({val_file}) has no pair labelled 'entailment' (found 'neutral' x3, "
+        "'contradiction' x3); name its positive label in data.view_labels.positive, or set data.views.retrieval=false"
+    )
+
+
+def test_a_carved_split_without_negative_pairs(tmp_path, tiny_overrides, no_model_load):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [pair(i, ["entailment", "neutral"][i % 2]) for i in range(40)])
+    message = user_error(tmp_path, tiny_overrides, f"data.train_file={path}", "data.views.retrieval=false")
+    assert message.startswith(f"data.views.classification: the val split (carved from {path}) has no pair labelled "
+                              "'contradiction' (found ")
+
+
+def test_a_view_on_numeric_scores(tmp_path, tiny_overrides, no_model_load):
+    path = write_jsonl(tmp_path / "sts.jsonl", [pair(i, str(i % 5)) for i in range(30)])
+    message = user_error(tmp_path, tiny_overrides, f"data.train_file={path}", "data.label_map=float",
+                         "data.views.retrieval=true")
+    assert message == ("data.views.retrieval: needs positive pairs, but data.label_map=float passes numeric scores, "
+                       "not class labels; set data.views.retrieval=false")
+
+
+def test_an_unknown_view(tmp_path, tiny_overrides, no_model_load):
+    message = user_error(tmp_path, tiny_overrides, "+data.views.ranking=true")
+    assert message == "data.views.ranking: unknown view; known: retrieval, classification"

@@ -1,4 +1,5 @@
-"""DDP on 2 CPU processes (gloo): metrics equal a single-process validation, children stay in their job."""
+"""DDP on 2 CPU processes (gloo): metrics (all three views) equal a single-process validation,
+children stay in their job."""
 import json
 import os
 import subprocess
@@ -7,13 +8,15 @@ import sys
 import pytest
 
 import src
-from src.metrics import METRIC_NAMES
+from src.views import VIEWS
 from tests.conftest import compose_train_cfg
 
 
 def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overrides):
     """Two DDP jobs in one multirun. The 54 validation pairs fit one eval batch of 64, fewer
-    batches than ranks: every rank must still get one, or DDP hangs."""
+    batches than ranks: every rank must still get one, or DDP hangs. The retrieval and
+    classification views are gathered from both ranks: each rank scores half the pairs, and every
+    query is ranked against the documents of both."""
     sweep = tmp_path / "sweep"
     data = ["data.eval_batch_size=64", f"paths.cache_dir={tmp_path / 'cache'}"]
     result = subprocess.run(
@@ -40,7 +43,7 @@ def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overri
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         use_distributed_sampler=False)
     single = trainer.validate(instantiate(cfg.model), datamodule=instantiate(cfg.data), ckpt_path=str(best))[0]
-    for name in METRIC_NAMES:
+    for name in (name for view in VIEWS for name in view.metric_names):
         assert ddp_metrics[f"val/{name}"] == pytest.approx(single[f"val/{name}"], abs=1e-5), name
 
 
