@@ -1,7 +1,8 @@
 """The model card (`model/README.md`) of a training run, generated from the run itself.
 
 The sections follow sentence-transformers' generated cards: front matter for the Hub, model
-details and architecture, usage, the ten metrics, the training data (size, token statistics,
+details and architecture, usage, the evaluation (the ten correlations, and the retrieval and
+classification views where the run had them), the training data (size, token statistics,
 label shares, samples), the loss with its parameters and citation (taken from the loss module),
 hyperparameters, the training logs (collected by `TrainingLogs`), versions and citations.
 The layout is the template `src/templates/model_card.md`; every number comes from here.
@@ -20,8 +21,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from omegaconf import DictConfig, OmegaConf
 
 from src.losses import SBERT_CITATION
-from src.metrics import METRIC_NAMES, metrics_table
 from src.tracking import redact_secrets
+from src.views import SIMILARITY, VIEWS, evaluation_tables
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATS_ROWS = 1000  # token statistics and label shares over the first rows, as sentence-transformers
@@ -176,8 +177,8 @@ def render_model_card(
     columns = {"a": data_columns.sentence1, "b": data_columns.sentence2, "c": "negative"}
     dataset_name = Path(str(cfg.data.train_file)).name
     val_name = Path(str(cfg.data.val_file)).name if cfg.data.get("val_file") else f"{dataset_name} (held out)"
-    val = {name: metrics[f"val/{name}"] for name in METRIC_NAMES if f"val/{name}" in metrics}
-    test = {name: metrics[f"test/{name}"] for name in METRIC_NAMES if f"test/{name}" in metrics}
+    val_tables, test_tables = evaluation_tables(metrics, "val/"), evaluation_tables(metrics, "test/")
+    scored_views = [view for view in VIEWS if view in val_tables or view in test_tables]
     stats = _column_stats(train_split, columns, model.tokenizer)
     samples = stats["samples"]
 
@@ -187,7 +188,7 @@ def render_model_card(
         "base_model": _hub_id(base),
         "pipeline_tag": "sentence-similarity",
         "library_name": "sentence-transformers",
-        "metrics": list(METRIC_NAMES),
+        "metrics": [name for view in dict.fromkeys([SIMILARITY, *scored_views]) for name in view.metric_names],
         "widget": [
             {"source_sentence": row[0], "sentences": [other[1] for other in samples[i:] + samples[:i]]}
             for i, row in enumerate(samples)
@@ -195,15 +196,15 @@ def render_model_card(
     }
     if front_matter["base_model"] is None:
         del front_matter["base_model"]
-    if val:
+    if val_tables:
         front_matter["model-index"] = [{
             "name": f"SentenceTransformer based on {base}",
             "results": [{
-                "task": {"type": "semantic-similarity", "name": "Semantic Similarity"},
+                "task": {"type": view.task_type, "name": view.title},
                 "dataset": {"name": val_name, "type": val_name},
-                "metrics": [{"type": name, "value": value, "name": name.replace("_", " ").title()}
-                            for name, value in val.items()],
-            }],
+                "metrics": [{"type": name, "value": metrics[f"val/{name}"], "name": name.replace("_", " ").title()}
+                            for name in view.metric_names],
+            } for view in val_tables],
         }]
     non_default, every = hyperparameters(cfg)
     architecture = (
@@ -224,9 +225,10 @@ def render_model_card(
         architecture=architecture,
         usage_sentences=[row[0] for row in samples][:3],
         val_name=val_name,
-        val_table=metrics_table(val) if len(val) == len(METRIC_NAMES) else None,
         test_name=Path(str(cfg.data.test_file)).name if cfg.data.get("test_file") else f"{dataset_name} (held out)",
-        test_table=metrics_table(test) if len(test) == len(METRIC_NAMES) else None,
+        evaluation=[
+            {"view": view, "val_table": val_tables.get(view), "test_table": test_tables.get(view)} for view in scored_views
+        ],
         dataset_name=dataset_name,
         dataset_size=len(train_split),
         stats=stats,
