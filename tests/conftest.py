@@ -98,3 +98,29 @@ class FrozenEmbeddings:
         from sentence_transformers.util import cos_sim
 
         return cos_sim(a, b)
+
+
+def write_beir_folder(folder: Path) -> Path:
+    """A small BEIR folder from the demo pairs: the premises are the queries, the hypotheses the
+    corpus (every fifth with a title), plus the premises of 20 as distractor documents. qrels:
+    entailment 1, every tenth neutral 2 (graded: also relevant), contradiction 0 (not relevant).
+    Ids are not zero-padded, so their string order is not their numeric order."""
+    import json
+
+    rows = [json.loads(line) for line in DEMO_PAIRS.read_text(encoding="utf-8").splitlines()]
+    premises = list(dict.fromkeys(r["translation1"] for r in rows))
+    hypotheses = list(dict.fromkeys(r["translation2"] for r in rows))
+    corpus = [{"_id": f"doc{i}", "title": f"כותרת {i}" if i % 5 == 0 else "", "text": text} for i, text in enumerate(hypotheses)]
+    corpus += [{"_id": f"extra{i}", "text": text} for i, text in enumerate(premises[:20])]
+    queries = [{"_id": f"q{i}", "text": text} for i, text in enumerate(premises)]
+    score = {"entailment": 1, "contradiction": 0}
+    qrels = ["query-id\tcorpus-id\tscore"]
+    for i, r in enumerate(rows):
+        relevance = score.get(r["original_label"], 2 if i % 10 == 0 else None)
+        if relevance is not None:
+            qrels.append(f"q{premises.index(r['translation1'])}\tdoc{hypotheses.index(r['translation2'])}\t{relevance}")
+    (folder / "qrels").mkdir(parents=True)
+    for name, records in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
+        (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    (folder / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n", encoding="utf-8")
+    return folder

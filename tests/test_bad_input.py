@@ -16,8 +16,9 @@ from transformers import AutoModel
 
 import src
 from src.data import PairColumns, read_pairs, resolve_label_map
+from src.errors import UserInputError
 from src.train import _user_error, train
-from tests.conftest import compose_train_cfg
+from tests.conftest import compose_train_cfg, write_beir_folder
 
 SIMILARITY = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
 
@@ -204,7 +205,7 @@ def test_checkpoint_from_another_model(tmp_path, tiny_overrides, tiny_bert):
     )
 
 
-# -- evaluation views ---------------------------------------------------------------------------------
+# -- evaluation views and BEIR folders ---------------------------------------------------------------
 
 def test_an_evaluation_split_without_positive_pairs(tmp_path, tiny_overrides, no_model_load):
     train_file = write_jsonl(tmp_path / "train.jsonl", good_rows(30))
@@ -235,3 +236,49 @@ def test_a_view_on_numeric_scores(tmp_path, tiny_overrides, no_model_load):
 def test_an_unknown_view(tmp_path, tiny_overrides, no_model_load):
     message = user_error(tmp_path, tiny_overrides, "+data.views.ranking=true")
     assert message == "data.views.ranking: unknown view; known: retrieval, classification"
+
+
+def test_a_beir_folder_missing_a_file(tmp_path, tiny_bert):
+    from src.config import compose_config
+    from src.evaluate import evaluate
+
+    folder = write_beir_folder(tmp_path / "beir")
+    (folder / "qrels" / "test.tsv").unlink()
+    cfg = compose_config([f"model.source={tiny_bert}", "data=beir", f"data.path={folder}",
+                          "trainer.enable_progress_bar=false"], tmp_path / "eval", config_name="evaluate")
+    with pytest.raises(Exception) as info:
+        evaluate(cfg)
+    assert str(_user_error(info.value)) == (
+        f"data.path: {folder} has no qrels/test.tsv (a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv)"
+    )
+
+
+@pytest.mark.parametrize("qrel, message", [
+    ("q0\tnope\t1", "row 2: column 'corpus-id': 'nope' is not an _id of corpus.jsonl"),
+    ("nope\tdoc0\t1", "row 2: column 'query-id': 'nope' is not an _id of queries.jsonl"),
+    ("q0\tdoc0\thigh", "row 2: column 'score': 'high' is not a number"),
+])
+def test_beir_qrels_naming_unknown_ids(tmp_path, qrel, message):
+    from src.beir import read_beir
+
+    folder = write_beir_folder(tmp_path / "beir")
+    qrels = folder / "qrels" / "test.tsv"
+    header, first, *rest = qrels.read_text(encoding="utf-8").splitlines()
+    qrels.write_text("\n".join([header, first, qrel, *rest]) + "\n", encoding="utf-8")
+    with pytest.raises(UserInputError) as info:
+        read_beir(folder)
+    assert str(info.value) == f"{qrels}: {message}"
+
+
+def test_beir_corpus_rows_without_an_id_or_with_a_repeated_one(tmp_path):
+    from src.beir import read_beir
+
+    folder = write_beir_folder(tmp_path / "beir")
+    corpus = folder / "corpus.jsonl"
+    lines = corpus.read_text(encoding="utf-8").splitlines()
+    corpus.write_text("\n".join(lines + [lines[0]]) + "\n", encoding="utf-8")
+    with pytest.raises(UserInputError, match=rf"^{corpus}: row {len(lines) + 1}: _id 'doc0' is already the _id of row 1$"):
+        read_beir(folder)
+    corpus.write_text('{"text": "no id"}\n', encoding="utf-8")
+    with pytest.raises(UserInputError, match=rf"^{corpus}: row 1: no field '_id' \(fields: text\)$"):
+        read_beir(folder)
