@@ -40,7 +40,8 @@ FRAMEWORKS = {
 
 class TrainingLogs(L.Callback):
     """Rows of the card's training-logs table: at each validation while fitting, the epoch, the
-    optimizer step, the mean training loss since the previous validation and `val/spearman_max`.
+    optimizer step, the mean training loss since the previous validation, `val/spearman_max` and,
+    where the retrieval view ran, `val/retrieval_ndcg@10`.
 
     Its rows are saved in checkpoints, so a resumed run's card still lists the earlier ones.
     """
@@ -60,11 +61,13 @@ class TrainingLogs(L.Callback):
             return
         steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
         spearman = trainer.callback_metrics.get("val/spearman_max")
+        ndcg = trainer.callback_metrics.get("val/retrieval_ndcg@10")
         self.rows.append({
             "epoch": trainer.global_step / steps_per_epoch,
             "step": trainer.global_step,
             "training_loss": sum(self._losses) / len(self._losses) if self._losses else None,
             "spearman_max": float(spearman) if spearman is not None else None,
+            "ndcg": float(ndcg) if ndcg is not None else None,
         })
         self._losses = []
 
@@ -240,6 +243,7 @@ def render_model_card(
         non_default=non_default,
         every=every,
         logs=logs,
+        logs_ndcg=any(row.get("ndcg") is not None for row in logs),  # older checkpoints' rows have no ndcg
         versions={name: v for name, package in FRAMEWORKS.items() if (v := _version(package))},
         sbert_citation=SBERT_CITATION,
     )

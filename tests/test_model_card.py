@@ -101,6 +101,7 @@ def test_card_has_every_section_and_the_runs_numbers(card_run):
     assert [int(r[1]) for r in rows] == [2, 4]
     assert all(float(r[2]) > 0 for r in rows)  # a mean training loss at each
     assert f"{metrics['val/spearman_max']:.4f}" in [r[3].strip() for r in rows]
+    assert f"{metrics['val/retrieval_ndcg@10']:.4f}" in [r[4].strip() for r in rows]
 
     versions = body.split("### Framework Versions")[1].split("##")[0]
     for name in ("Python", "Transformers", "PyTorch", "Lightning", "Datasets", "Tokenizers"):
