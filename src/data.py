@@ -288,7 +288,7 @@ class PairDataModule(L.LightningDataModule):
         # the evaluation views beside the ten correlations (src/views.py), on val and test
         # (positive and negative labels: the triplets' unless set)
         self.view_labels = {**self.triplet_labels, **{role: normalize_label(label) for role, label in (view_labels or {}).items()}}
-        self.eval_views = resolve_views(views or {}, self.label_map, self.view_labels)
+        self.eval_views = resolve_views(views or {}, self.label_map_name, self.label_map, self.view_labels)
         self.fractions = {name: f for name, f in (("val", val_fraction), ("test", test_fraction)) if f > 0}
         self.split_seed = split_seed
         self.batch_size = batch_size

@@ -65,17 +65,16 @@ CLASSIFICATION = View(
     description="positive vs negative pairs told apart by their cosine alone",
 )
 VIEWS = (SIMILARITY, RETRIEVAL, CLASSIFICATION)
-VIEW_METRIC_NAMES = RETRIEVAL_METRIC_NAMES + CLASSIFICATION_METRIC_NAMES  # beside the ten
 
 
 def resolve_views(
-    settings: Mapping[str, Any], label_map: Mapping[str, float] | None, labels: Mapping[str, str]
+    settings: Mapping[str, Any], label_map_name: str, label_map: Mapping[str, float] | None, labels: Mapping[str, str]
 ) -> tuple[str, ...]:
     """The optional views that run. Each setting is true, false or `auto`: on where the label map
     names every label the view needs (so off for numeric scores, `label_map=float`).
 
-    `labels`: the normalized label of each role (positive, negative); `label_map`: normalized
-    label -> score, None for numeric scores.
+    `labels`: the normalized label of each role (positive, negative); `label_map`: the map named
+    `label_map_name`, normalized label -> score, None for numeric scores.
     """
     for view in settings:
         if view not in VIEW_LABEL_ROLES:
@@ -89,7 +88,7 @@ def resolve_views(
         if setting is True and missing:
             role = missing[0]
             reason = (
-                "data.label_map=float passes numeric scores, not class labels"
+                f"data.label_map={label_map_name!r} passes numeric scores, not class labels"
                 if label_map is None
                 else f"the label map has no label {labels[role]!r} (data.view_labels.{role})"
             )

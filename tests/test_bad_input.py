@@ -229,7 +229,7 @@ def test_a_view_on_numeric_scores(tmp_path, tiny_overrides, no_model_load):
     path = write_jsonl(tmp_path / "sts.jsonl", [pair(i, str(i % 5)) for i in range(30)])
     message = user_error(tmp_path, tiny_overrides, f"data.train_file={path}", "data.label_map=float",
                          "data.views.retrieval=true")
-    assert message == ("data.views.retrieval: needs positive pairs, but data.label_map=float passes numeric scores, "
+    assert message == ("data.views.retrieval: needs positive pairs, but data.label_map='float' passes numeric scores, "
                        "not class labels; set data.views.retrieval=false")
 
 
