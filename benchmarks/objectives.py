@@ -27,14 +27,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import src  # noqa: E402
-from src.config import compose_config  # noqa: E402
-from src.train import write_json  # noqa: E402
+from src.atomic import write_json
+from src.config import PROJECT_ROOT, compose_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SHARED = src.PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
+SHARED = PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
 # objective name -> (overrides, the sentence-transformers loss it equals)
 OBJECTIVES = {
     "cosine_mse": (["loss=cosine_mse"], "CosineSimilarityLoss"),
@@ -159,7 +156,7 @@ def main() -> None:
                         choices=list(OBJECTIVES))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--work", type=Path, default=src.PROJECT_ROOT / "outputs" / "benchmarks" / "objectives")
+    parser.add_argument("--work", type=Path, default=PROJECT_ROOT / "outputs" / "benchmarks" / "objectives")
     args = parser.parse_args()
     if not SHARED.is_file():
         sys.exit(f"error: the shared HebNLI sample is not at {SHARED}")

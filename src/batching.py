@@ -4,11 +4,52 @@ Padding is the main waste when training on sentences: a batch pads to its longes
 drawing batches from neighbours in length cuts the padded tokens several-fold. Randomness is kept
 the way Hugging Face's `group_by_length` keeps it: shuffle, cut into mega-batches, sort inside each.
 """
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+from src.errors import UserInputError
+
+
+class EpochOrder(Sampler[int]):
+    """The order of a split's pairs in one epoch: a seeded permutation, a pure function of
+    (seed, epoch); the identity when `shuffle` is off (evaluation).
+
+    It is the batch sampler's `sampler` because that is where Lightning calls `set_epoch` at each
+    epoch start (`dataloader.batch_sampler.sampler`, never the batch sampler itself).
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 42) -> None:
+        self.n = n
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def generator(self) -> np.random.Generator:
+        """This epoch's random stream: first the permutation, then whatever the batcher draws."""
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def __iter__(self) -> Iterator[int]:
+        yield from (self.generator().permutation(self.n).tolist() if self.shuffle else range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a checkpoint left an epoch: the pairs already trained in it (by every rank), and the
+    batches Lightning counts as done (its loop resumes counting from there)."""
+
+    epoch: int
+    trained: np.ndarray  # bool per pair
+    batches_done: int
 
 
 class PairBatchSampler(Sampler[list[int]]):
@@ -20,10 +61,15 @@ class PairBatchSampler(Sampler[list[int]]):
       indices, sorted by length inside, cut into batches, then the batch order shuffled.
 
     The order is a pure function of (seed, epoch), so every rank computes the same batches and
-    takes every `num_replicas`-th one. For training (`even_ranks=True`) ranks are padded with
-    repeated batches so all step together; for evaluation they are not, and nothing is repeated,
-    except that every rank gets at least one batch (see `_rank_batches`).
-    `resume_at(epoch, n)` resumes mid-epoch: the next pass over that epoch starts at batch `n`.
+    takes every `num_replicas`-th one. For training (`even_ranks=True`) every pair is seen once per
+    epoch and all ranks step together: the last round's batches are split into one smaller batch
+    per rank (only with fewer pairs left than ranks do a few repeat). For evaluation ranks may hold
+    different numbers of batches, but every rank gets at least one (see `_shard`).
+
+    `resume(point)` continues an epoch a checkpoint left: exactly the pairs not yet trained in it,
+    each once, whatever the batch size or number of ranks was before. With the same layout these
+    are the uninterrupted run's remaining batches; otherwise the remaining pairs, in this epoch's
+    order, are cut into batches anew.
     """
 
     def __init__(
@@ -39,70 +85,119 @@ class PairBatchSampler(Sampler[list[int]]):
         mega_batch_mult: int = 50,
     ) -> None:
         self.lengths = np.asarray(lengths)
+        self.sampler = EpochOrder(len(self.lengths), shuffle, seed)
         self.batch_size = batch_size
-        self.shuffle = shuffle
         self.group_by_length = group_by_length
-        self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
         self.even_ranks = even_ranks
         self.mega_batch_mult = mega_batch_mult
-        self.epoch = 0
-        self._resume: tuple[int, int] | None = None
+        self.resume_point: ResumePoint | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
-    def resume_at(self, epoch: int, batches_done: int) -> None:
-        self._resume = (epoch, batches_done)
+    def resume(self, point: ResumePoint) -> None:
+        if len(point.trained) != len(self.lengths):
+            raise UserInputError(
+                f"ckpt_path: the checkpoint stopped in epoch {point.epoch} of a train split of {len(point.trained)} pairs, "
+                f"but the train split now has {len(self.lengths)}; resume with the same data (data.train_file and "
+                "the carve settings), or start a new run"
+            )
+        self.resume_point = point
+        self.set_epoch(point.epoch)  # the loader may start drawing before Lightning calls set_epoch
 
-    def pending_skip(self) -> int:
-        """How many batches the coming pass over the current epoch skips."""
-        return self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+    def _resuming(self) -> ResumePoint | None:
+        point = self.resume_point
+        return point if point is not None and point.epoch == self.epoch else None
 
-    def _all_batches(self) -> list[np.ndarray]:
-        n = len(self.lengths)
-        if not self.shuffle:
+    def _epoch_batches(self) -> list[np.ndarray]:
+        n, size = len(self.lengths), self.batch_size
+        if not self.sampler.shuffle:
             order = np.argsort(-self.lengths, kind="stable")
-            return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
-        rng = np.random.default_rng([self.seed, self.epoch])
+            return [order[i : i + size] for i in range(0, n, size)]
+        rng = self.sampler.generator()
         order = rng.permutation(n)
         if not self.group_by_length:
-            return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
-        mega = self.batch_size * self.mega_batch_mult
+            return [order[i : i + size] for i in range(0, n, size)]
+        mega = size * self.mega_batch_mult
         batches = []
         for start in range(0, n, mega):
             chunk = order[start : start + mega]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+            batches.extend(chunk[i : i + size] for i in range(0, len(chunk), size))
         return [batches[i] for i in rng.permutation(len(batches))]
 
+    def _pass_batches(self) -> list[np.ndarray]:
+        """The batches of the coming pass over this epoch (all ranks): the whole epoch, or what a
+        resumed epoch has left."""
+        batches = self._epoch_batches()
+        point = self._resuming()
+        if point is None:
+            return batches
+        left = [batch[~point.trained[batch]] for batch in batches]
+        if all(len(kept) in (0, len(batch)) for kept, batch in zip(left, batches)):
+            return [kept for kept in left if len(kept)]  # whole batches: the uninterrupted run's own
+        remaining = np.concatenate(left)
+        return [remaining[i : i + self.batch_size] for i in range(0, len(remaining), self.batch_size)]
+
+    def _shard(self, batches: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """Each rank's batches: every `num_replicas`-th one, the incomplete last round handled so
+        that training ranks step together and every evaluation rank has a batch."""
+        ranks = self.num_replicas
+        complete = len(batches) - len(batches) % ranks
+        shards = [batches[r:complete:ranks] for r in range(ranks)]
+        last_round = batches[complete:]
+        if not last_round:
+            return shards
+        if self.even_ranks or complete == 0:
+            # training: every rank must step; evaluation: a rank without a batch would skip the
+            # metric syncs the others wait in (a DDP hang). Split the round's pairs into one batch per
+            # rank; with fewer pairs than ranks some repeat (the metrics drop repeats by index).
+            pairs = np.concatenate(last_round)
+            pieces = np.array_split(pairs, ranks)
+            for r, piece in enumerate(pieces):
+                shards[r].append(piece if len(piece) else pairs[[r % len(pairs)]])
+        else:
+            for r, batch in enumerate(last_round):
+                shards[r].append(batch)
+        return shards
+
     def _rank_batches(self) -> list[np.ndarray]:
-        batches = self._all_batches()
-        if self.even_ranks and self.num_replicas > 1 and len(batches) % self.num_replicas:
-            pad = self.num_replicas - len(batches) % self.num_replicas
-            batches = batches + batches[:pad]
-        if not self.even_ranks and 0 < len(batches) < self.num_replicas:
-            # A rank without a batch would skip the metric and loss syncs the others wait in, and
-            # DDP hangs: cut the (length-sorted) pairs into one smaller batch per rank instead.
-            # With fewer pairs than ranks some pairs repeat; the metrics drop repeats by index.
-            order = np.concatenate(batches)
-            batches = [
-                chunk if len(chunk) else order[[r % len(order)]]
-                for r, chunk in enumerate(np.array_split(order, self.num_replicas))
-            ]
-        return batches[self.rank :: self.num_replicas]
+        return self._shard(self._pass_batches())[self.rank]
+
+    def trained_after(self, batches_done: int) -> np.ndarray:
+        """Which pairs of this epoch every rank together has trained once each rank has done
+        `batches_done` batches (counted as Lightning counts them, from the epoch's start)."""
+        point = self._resuming()
+        trained = point.trained.copy() if point is not None else np.zeros(len(self.lengths), dtype=bool)
+        done_in_pass = batches_done - (point.batches_done if point is not None else 0)
+        for shard in self._shard(self._pass_batches()):
+            for batch in shard[:done_in_pass]:
+                trained[batch] = True
+        return trained
 
     def __iter__(self) -> Iterator[list[int]]:
-        skip, self._resume = self.pending_skip(), None
-        for batch in self._rank_batches()[skip:]:
+        for batch in self._rank_batches():
             yield batch.tolist()
 
+    def epoch_length(self) -> int:
+        """Batches per rank in a whole epoch (mega-batches hold whole batches, so grouping adds none)."""
+        if not self.even_ranks:  # evaluation: ranks may differ
+            return len(self._rank_batches())
+        batches = -(-len(self.lengths) // self.batch_size)
+        return -(-batches // self.num_replicas)
+
     def __len__(self) -> int:
-        n_batches = -(-len(self.lengths) // self.batch_size)
-        if self.even_ranks:
-            return -(-n_batches // self.num_replicas)
-        return max(len(range(self.rank, n_batches, self.num_replicas)), 1 if n_batches else 0)
+        """Batches in this epoch as Lightning counts them: a resumed epoch's done ones included."""
+        point = self._resuming()
+        if point is None:
+            return self.epoch_length()
+        return point.batches_done + len(self._rank_batches())
 
 
 class PairCollator:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from src.batching import PairBatchSampler, PairCollator
 from src.data import TokenizedPairs, iter_rows
 from src.errors import UserInputError
+from src.schema import NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +132,17 @@ class BeirDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: str | None,
         tokenizer: str,
-        max_seq_length: int,
+        max_seq_length: PositiveInt,
         split: str = "test",
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
+        eval_batch_size: PositiveInt = 64,
+        num_workers: NonNegativeInt = 0,
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
+        if not path:
+            raise UserInputError("data.path: not set; name the BEIR folder to score (data.path=<folder>)")
         self.path = Path(path).expanduser()
         self.tokenizer_name = tokenizer
         self.max_seq_length = max_seq_length

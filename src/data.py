@@ -12,17 +12,19 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 import datasets
 import lightning as L
 import numpy as np
+import torch
 from datasets.fingerprint import Hasher
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
-from src.batching import PairBatchSampler, PairCollator
+from src.batching import PairBatchSampler, PairCollator, ResumePoint
 from src.errors import UserInputError
+from src.schema import Fraction, NonNegativeInt, PositiveInt
 from src.views import PAIR_VIEW_COLUMNS, LabelledPairCollator, check_split_labels, resolve_views
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,6 @@ SPLITS = ("train", "val", "test")
 FLOAT_LABELS = "float"  # a label map given as this string passes numeric labels through
 CACHE_VERSION = "3"  # bump when the tokenized layout changes
 DEFAULT_SIMILARITY_MAP = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
-# training rows: scored pairs, or (anchor, positive, optional hard negative) triplets
-TRAIN_FORMATS = ("pairs", "triplets")
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
                 yield i, row
         elif suffix in (".csv", ".tsv"):
-            with path.open(encoding="utf-8", newline="") as f:
+            # utf-8-sig: a byte-order mark (what Excel writes) is not part of the first column's name
+            with path.open(encoding="utf-8-sig", newline="") as f:
                 reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
                 for i, row in enumerate(reader, start=1):
                     yield i, row
@@ -98,15 +99,15 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def _iter_json(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open("rb") as f:
         head = f.read(64).lstrip()
-    if head.startswith(b"["):  # a JSON array of records
-        with path.open(encoding="utf-8") as f:
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):  # a JSON array of records
+        with path.open(encoding="utf-8-sig") as f:
             try:
                 records = json.load(f)
             except json.JSONDecodeError as e:
                 raise UserInputError(f"{path}: row {e.lineno}: not valid JSON ({e.msg})") from None
         yield from enumerate(records, start=1)
         return
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -247,7 +248,7 @@ class PairDataModule(L.LightningDataModule):
     def __init__(
         self,
         tokenizer: str,
-        max_seq_length: int,
+        max_seq_length: PositiveInt,
         train_file: str | None,
         val_file: str | None = None,
         test_file: str | None = None,
@@ -256,18 +257,19 @@ class PairDataModule(L.LightningDataModule):
         columns: Mapping[str, str | None] | None = None,
         label_map: str = "similarity",
         label_maps: Mapping[str, Any] | None = None,
-        train_format: str = "pairs",
+        # training rows: scored pairs, or (anchor, positive, optional hard negative) triplets
+        train_format: Literal["pairs", "triplets"] = "pairs",
         triplet_labels: Mapping[str, str] | None = None,
         views: Mapping[str, bool | str] | None = None,
         view_labels: Mapping[str, str] | None = None,
-        val_fraction: float = 0.0,
-        test_fraction: float = 0.0,
+        val_fraction: Fraction = 0.0,
+        test_fraction: Fraction = 0.0,
         split_seed: int = 42,
-        batch_size: int = 16,
-        eval_batch_size: int = 64,
+        batch_size: PositiveInt = 16,
+        eval_batch_size: PositiveInt = 64,
         group_by_length: bool = True,
         seed: int = 42,
-        num_workers: int = 0,
+        num_workers: NonNegativeInt = 0,
         cache_dir: str | None = None,
         trust_remote_code: bool = False,
     ) -> None:
@@ -280,14 +282,13 @@ class PairDataModule(L.LightningDataModule):
         self.columns = PairColumns(**(columns or {}))
         self.label_map_name = label_map
         self.label_map = resolve_label_map(label_map, label_maps or {"similarity": DEFAULT_SIMILARITY_MAP})
-        if train_format not in TRAIN_FORMATS:
-            raise UserInputError(f"data.train_format: {train_format!r} is not one of {', '.join(TRAIN_FORMATS)}")
         self.train_format = train_format
         labels = {"positive": "entailment", "negative": "contradiction", **(triplet_labels or {})}
         self.triplet_labels = {role: normalize_label(label) for role, label in labels.items()}
         # the evaluation views beside the ten correlations (src/views.py), on val and test
         # (positive and negative labels: the triplets' unless set)
-        self.view_labels = {**self.triplet_labels, **{role: normalize_label(label) for role, label in (view_labels or {}).items()}}
+        chosen = {role: normalize_label(label) for role, label in (view_labels or {}).items()}
+        self.view_labels = {**self.triplet_labels, **chosen}
         self.eval_views = resolve_views(views or {}, self.label_map_name, self.label_map, self.view_labels)
         self.fractions = {name: f for name, f in (("val", val_fraction), ("test", test_fraction)) if f > 0}
         self.split_seed = split_seed
@@ -300,12 +301,14 @@ class PairDataModule(L.LightningDataModule):
         self.trust_remote_code = trust_remote_code
         self.splits: dict[str, datasets.Dataset] = {}
         self._tokenizer = None
-        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+        # mid-epoch resume: where a checkpoint left the epoch, and the train sampler that continues it
+        self._resume_point: ResumePoint | None = None
+        self._resumed_step = 0
+        self._train_sampler: PairBatchSampler | None = None
+        self._relaid = False
         for name, fraction in self.fractions.items():
             if self.files[name]:
                 raise UserInputError(f"data.{name}_fraction: set, but data.{name}_file is set too; use one")
-            if not 0 < fraction < 1:
-                raise UserInputError(f"data.{name}_fraction: {fraction} is not between 0 and 1")
         # evaluation needs only the split it scores; training and carving need the train file
         if not train_file and (self.fractions or not (val_file or test_file)):
             raise UserInputError("data.train_file: not set")
@@ -362,7 +365,12 @@ class PairDataModule(L.LightningDataModule):
         path = self._local_path(split)
         cache = self._cache_path(path)
         if cache.exists():
-            return datasets.Dataset.from_file(str(cache))
+            try:
+                return datasets.Dataset.from_file(str(cache))
+            except Exception as e:  # cut short (a full disk, a node that died mid-write) or overwritten
+                log.warning("%s: unreadable tokenization cache (%s: %s); rebuilding it",
+                            cache, type(e).__name__, str(e).strip().splitlines()[0][:200] if str(e).strip() else "")
+                cache.unlink(missing_ok=True)
         table = read_pairs(path, self.columns, self.label_map)
         raw = datasets.Dataset.from_dict(
             {
@@ -394,10 +402,11 @@ class PairDataModule(L.LightningDataModule):
                 if split != "train":
                     self._check_view_labels(split, table, self.files[split])
                 if split == "train" and self.fractions:
-                    # an empty carved split, or one without the labels a view needs, fails now, not after the model loads
+                    # an empty carved split, or one lacking a view's labels, fails now, not after the model loads
                     for carved, indices in self._carve(table).items():
                         if carved != "train":
-                            self._check_view_labels(carved, table.select(indices), f"carved from {self.files[split]}")
+                            source = f"carved from {self.files[split]}"
+                            self._check_view_labels(carved, table.select(indices), source)
 
     def _check_view_labels(self, split: str, table: datasets.Dataset, source: str) -> None:
         check_split_labels(split, source, table["label"], self.eval_views, self.view_labels)
@@ -435,19 +444,53 @@ class PairDataModule(L.LightningDataModule):
 
     # -- mid-epoch resume: Lightning saves this state in checkpoints and hands it back on resume ---
 
-    def state_dict(self) -> dict[str, int]:
-        """Where training stands in the epoch: the batches this rank has trained on.
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the epoch: which pairs every rank together has trained.
 
         Counted by the training loop, not the loader, which has already prefetched the next batch.
+        Stored as pairs, not batches, so a run can resume with another batch size or number of
+        ranks and still train each remaining pair exactly once.
         """
-        if self.trainer is None or self.trainer.state.fn != "fit":
+        if self.trainer is None or self.trainer.state.fn != "fit" or self._train_sampler is None:
             return {}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.processed}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        trained = self._train_sampler.trained_after(done)
+        return {
+            "epoch": self._train_sampler.epoch,
+            "batches_done": done,
+            "global_step": self.trainer.global_step,
+            "pairs": len(trained),
+            # a bit per pair: 37 kB for 300,000 pairs; a tensor, so checkpoints load with weights_only
+            "trained": torch.from_numpy(np.packbits(trained)),
+        }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Lightning calls this before it asks for the train loader, which then skips what was done."""
-        self._resume_at = (state["epoch"], state["batches_done"]) if state else None
+        if not state:
+            self._resume_point, self._resumed_step = None, 0
+            return
+        if "trained" not in state:
+            raise UserInputError(
+                "ckpt_path: this checkpoint was saved by an older version of the toolkit that recorded the epoch "
+                "position in batches, which cannot be resumed exactly; resume it with that version, or start a new run"
+            )
+        trained = np.unpackbits(state["trained"].numpy(), count=state["pairs"]).astype(bool)
+        self._resume_point = ResumePoint(state["epoch"], trained, state["batches_done"])
+        self._resumed_step = state["global_step"]
+
+    def planned_optimizer_steps(self, max_epochs: int, accumulate: int) -> int | None:
+        """Optimizer steps of the whole run when it resumes an epoch with another layout (batch size,
+        ranks), for the learning-rate schedule; None when Lightning's own estimate is right."""
+        sampler = self._train_sampler
+        if sampler is None or not self._relaid:
+            return None
+        left_this_epoch = len(sampler) - self._resume_point.batches_done
+        later_epochs = max_epochs - sampler.epoch - 1
+        return (
+            self._resumed_step
+            + math.ceil(left_this_epoch / accumulate)
+            + later_epochs * math.ceil(sampler.epoch_length() / accumulate)
+        )
 
     # -- loaders -----------------------------------------------------------------------------------
 
@@ -475,9 +518,21 @@ class PairDataModule(L.LightningDataModule):
             rank=rank,
             even_ranks=train,
         )
-        if train and self._resume_at is not None:
-            sampler.resume_at(*self._resume_at)
-            self._resume_at = None
+        if train:
+            self._train_sampler = sampler
+            self._relaid = False
+            # the epoch this loader starts in: a loader with workers draws its first batches before
+            # Lightning calls set_epoch (the trainer's epoch is 0 until a checkpoint's loops are restored)
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            point = self._resume_point
+            if point is not None and epoch > point.epoch:  # a loader rebuilt after the resumed epoch
+                point = self._resume_point = None
+            sampler.set_epoch(epoch)
+            if point is not None and point.trained.all():  # saved at an epoch's end: the next starts afresh
+                sampler.set_epoch(point.epoch + 1)
+            elif point is not None:
+                sampler.resume(point)
+                self._relaid = self._note_relayout(sampler, point)
         return DataLoader(
             pairs,
             batch_sampler=sampler,
@@ -485,6 +540,22 @@ class PairDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _note_relayout(self, sampler: PairBatchSampler, point: ResumePoint) -> bool:
+        """Whether the resumed epoch is cut into batches differently than the checkpoint's run did
+        (another batch size or number of ranks); if so, say so and keep later epochs right."""
+        if len(sampler) == sampler.epoch_length():
+            return False
+        log.warning(
+            "resuming epoch %d with another batch size or number of ranks than the checkpoint's run: its %d "
+            "untrained pairs are cut into %d new batches per rank (each pair once); the learning-rate schedule "
+            "is laid out for the new step count",
+            point.epoch, int((~point.trained).sum()), len(sampler) - point.batches_done,
+        )
+        # Lightning sizes its epoch loop by this loader's length; the next epoch has the full
+        # length again, so the loader must be rebuilt then
+        self.trainer.reload_dataloaders_every_n_epochs = 1
+        return True
 
     def train_dataloader(self) -> DataLoader:
         if "train" not in self.splits:

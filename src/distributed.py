@@ -24,9 +24,10 @@ LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_
 
 def hydra_subprocess_cmd(local_rank: int) -> tuple[Sequence[str], str]:
     """The command and working directory of DDP child process `local_rank` of this Hydra job."""
-    import __main__
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd, to_absolute_path
+
+    import __main__
 
     hydra = HydraConfig.get()
     if __main__.__spec__ is None:  # started as a script path, not with -m

@@ -14,13 +14,14 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-import src  # noqa: F401  (registers the config resolvers)
-from src.errors import UserInputError
-from src.train import user_errors, write_json
+from src.atomic import write_json
+from src.config import register_resolvers
+from src.errors import UserInputError, user_errors
 
 log = logging.getLogger(__name__)
+register_resolvers()  # before @hydra.main composes the config
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -29,14 +30,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from src.export import load_model
+    from src.schema import check_config, check_node
     from src.views import VIEWS, evaluation_tables
 
+    check_config(cfg, sections=("trainer",))
     model = load_model(cfg.model.source, cfg.model.pooling, cfg.model.max_seq_length)
-    # only the split being scored is read: a pair data group's train and val files are dropped
+    # the data module tokenizes as the model does, and reads only the split being scored (a pair
+    # data group's train and val files are dropped)
+    from_model = {"tokenizer": model.hparams.name_or_path, "max_seq_length": model.hparams.max_seq_length}
     unread = {key: None for key in ("train_file", "val_file") if key in cfg.data}
-    datamodule = instantiate(
-        cfg.data, tokenizer=model.hparams.name_or_path, max_seq_length=model.hparams.max_seq_length, **unread
-    )
+    check_node("data", {**OmegaConf.to_container(cfg.data, resolve=True), **from_model, **unread})
+    datamodule = instantiate(cfg.data, **from_model, **unread)
     if not datamodule.has_split("test"):
         raise UserInputError("data.test_file: not set; name the file of pairs to score")
     trainer = instantiate(cfg.trainer)

@@ -9,8 +9,6 @@ source (such a folder, a Lightning checkpoint, a plain Hugging Face folder or Hu
 import importlib.metadata
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +16,12 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-import src  # noqa: F401  (registers the config resolvers)
-from src.errors import UserInputError
-from src.train import user_errors
+from src.atomic import replace_folder, temporary_folder_for, write_json
+from src.config import register_resolvers
+from src.errors import UserInputError, user_errors
 
 log = logging.getLogger(__name__)
+register_resolvers()  # before @hydra.main composes the config
 
 # our pooling mode -> the flag of sentence-transformers' Pooling config (classic key names)
 POOLING_FLAGS = {
@@ -45,10 +44,6 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def module_configs(model) -> dict[str, Any]:
@@ -74,15 +69,13 @@ def save_sentence_transformer(model, output_dir: Path, card: str | None = None) 
     place, so a half-written folder never sits under the final name. Call on one rank only.
     """
     output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temporary_folder_for(output_dir)
     configs = module_configs(model)
     getattr(model.encoder, "_orig_mod", model.encoder).save_pretrained(tmp)  # config.json + model.safetensors
     model.tokenizer.save_pretrained(tmp)  # model_max_length is max_seq_length
-    _write_json(tmp / "sentence_bert_config.json", configs["transformer"])
+    write_json(tmp / "sentence_bert_config.json", configs["transformer"])
     (tmp / "1_Pooling").mkdir()
-    _write_json(tmp / "1_Pooling" / "config.json", configs["pooling"])
+    write_json(tmp / "1_Pooling" / "config.json", configs["pooling"])
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": MODULE_TYPES["transformer"]},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": MODULE_TYPES["pooling"]},
@@ -90,11 +83,11 @@ def save_sentence_transformer(model, output_dir: Path, card: str | None = None) 
     if configs["normalize"]:
         (tmp / "2_Normalize").mkdir()
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": MODULE_TYPES["normalize"]})
-    _write_json(tmp / "modules.json", modules)
+    write_json(tmp / "modules.json", modules)
 
     versions = {"sentence_transformers": _version("sentence-transformers"), "transformers": _version("transformers"),
                 "pytorch": torch.__version__}
-    _write_json(
+    write_json(
         tmp / "config_sentence_transformers.json",
         {
             # a version newer than the reader's makes it warn, so only a real installed one is named
@@ -107,13 +100,7 @@ def save_sentence_transformer(model, output_dir: Path, card: str | None = None) 
     if card is not None:
         (tmp / "README.md").write_text(card, encoding="utf-8")
 
-    if output_dir.exists():  # move the old folder aside first: a directory rename cannot replace one
-        old = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
-        output_dir.rename(old)
-        tmp.rename(output_dir)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(output_dir)
+    replace_folder(tmp, output_dir)
     log.info("sentence-transformers model written to %s", output_dir)
     return output_dir
 

@@ -15,6 +15,8 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
+from src.schema import PositiveFloat
+
 SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,
     title = "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
     author = "Reimers, Nils and Gurevych, Iryna",
@@ -74,7 +76,7 @@ class CoSENTLoss(nn.Module):
     doi={10.1109/TASLP.2024.3402087}
 }"""
 
-    def __init__(self, scale: float = 20.0) -> None:
+    def __init__(self, scale: PositiveFloat = 20.0) -> None:
         super().__init__()
         self.scale = scale
 
@@ -151,10 +153,8 @@ class MultipleNegativesRankingLoss(nn.Module):
       url={https://arxiv.org/abs/2310.19923},
 }"""
 
-    def __init__(self, scale: float = 20.0, symmetric: bool = False, gather_across_ranks: bool = False) -> None:
+    def __init__(self, scale: PositiveFloat = 20.0, symmetric: bool = False, gather_across_ranks: bool = False) -> None:
         super().__init__()
-        if not scale > 0:
-            raise ValueError(f"loss.scale: must be positive, got {scale}")
         self.scale = scale
         self.symmetric = symmetric
         self.gather_across_ranks = gather_across_ranks

@@ -1,7 +1,7 @@
 """The bi-encoder LightningModule: a Hugging Face encoder, pooling, and a pair objective."""
 import logging
 import math
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import lightning as L
 import torch
@@ -18,14 +18,13 @@ from transformers import (
 
 from src.errors import NonFiniteLossError, UserInputError
 from src.metrics import EmbeddingSimilarityMetrics
-from src.pooling import POOLING_MODES, pool
+from src.pooling import Pooling, pool
+from src.schema import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from src.views import EvaluationViews
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOSS = {"_target_": "src.losses.CosineSimilarityLoss"}
-# what a NaN/inf training loss does: stop the run, or skip that batch
-NONFINITE_LOSS_ACTIONS = ("error", "skip")
 
 
 def _not_found(name_or_path: str, error: Exception) -> UserInputError:
@@ -46,13 +45,9 @@ def load_tokenizer(name_or_path: str, max_seq_length: int, trust_remote_code: bo
     return tokenizer
 
 
-def check_encoder_config(
-    name_or_path: str, max_seq_length: int, pooling: str = "mean", trust_remote_code: bool = False
-) -> PretrainedConfig:
+def check_encoder_config(name_or_path: str, max_seq_length: int, trust_remote_code: bool = False) -> PretrainedConfig:
     """The encoder's config, checked against the model settings. Reads only the config file, so a
-    run calls it before any data work: a bad name, pooling or length fails in seconds."""
-    if pooling not in POOLING_MODES:
-        raise UserInputError(f"model.pooling: unknown pooling {pooling!r}; choose one of {', '.join(POOLING_MODES)}")
+    run calls it before any data work: a bad name or length fails in seconds."""
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -91,30 +86,23 @@ class SentenceEmbeddingModel(L.LightningModule):
     def __init__(
         self,
         name_or_path: str,
-        pooling: str = "mean",
-        max_seq_length: int = 256,
+        pooling: Pooling = "mean",
+        max_seq_length: PositiveInt = 256,
         normalize: bool = False,
-        lr: float = 5e-5,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.0,
+        lr: PositiveFloat = 5e-5,
+        weight_decay: NonNegativeFloat = 0.0,
+        warmup_ratio: Fraction = 0.0,
         scheduler: str = "linear",
-        adam_epsilon: float = 1e-8,
+        adam_epsilon: PositiveFloat = 1e-8,
         loss: Mapping[str, Any] | None = None,
         compile: bool = False,
-        sentences_per_pass: int | str | None = "auto",
+        sentences_per_pass: PositiveInt | Literal["auto"] | None = "auto",
         trust_remote_code: bool = False,
-        nonfinite_loss: str = "error",
+        # what a NaN/inf training loss does: stop the run, or skip that batch
+        nonfinite_loss: Literal["error", "skip"] = "error",
     ) -> None:
         super().__init__()
-        if nonfinite_loss not in NONFINITE_LOSS_ACTIONS:
-            raise UserInputError(
-                f"model.nonfinite_loss: unknown action {nonfinite_loss!r}; choose one of {', '.join(NONFINITE_LOSS_ACTIONS)}"
-            )
-        if not (sentences_per_pass in (None, "auto") or (isinstance(sentences_per_pass, int) and sentences_per_pass > 0)):
-            raise UserInputError(
-                f"model.sentences_per_pass: {sentences_per_pass!r} is not a positive number, null or auto"
-            )
-        check_encoder_config(name_or_path, max_seq_length, pooling, trust_remote_code)
+        check_encoder_config(name_or_path, max_seq_length, trust_remote_code)
         self.save_hyperparameters()
         self.encoder = load_encoder(name_or_path, max_seq_length, trust_remote_code)
         self.nonfinite_skipped = 0
@@ -275,6 +263,13 @@ class SentenceEmbeddingModel(L.LightningModule):
             fused=self.device.type in ("cpu", "cuda") and not mixed_and_clipped,
         )
         total_steps = int(self.trainer.estimated_stepping_batches)
+        if self.trainer.max_steps == -1:
+            # a run resumed mid-epoch with another batch size or number of ranks: Lightning's estimate
+            # assumes every epoch as long as the resumed one; the data module knows the real count
+            planned = getattr(self.trainer.datamodule, "planned_optimizer_steps", lambda *_: None)(
+                self.trainer.max_epochs, self.trainer.accumulate_grad_batches
+            )
+            total_steps = planned or total_steps
         scheduler = get_scheduler(
             self.hparams.scheduler,
             optimizer,

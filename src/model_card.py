@@ -54,7 +54,8 @@ class TrainingLogs(L.Callback):
         # a skipped step (model.nonfinite_loss=skip) hands callbacks an empty dict
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if loss is not None:
-            self._losses.append(float(loss))
+            # Lightning hands over the loss divided by the accumulation factor (what backward saw)
+            self._losses.append(float(loss) * trainer.accumulate_grad_batches)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -230,7 +231,8 @@ def render_model_card(
         val_name=val_name,
         test_name=Path(str(cfg.data.test_file)).name if cfg.data.get("test_file") else f"{dataset_name} (held out)",
         evaluation=[
-            {"view": view, "val_table": val_tables.get(view), "test_table": test_tables.get(view)} for view in scored_views
+            {"view": view, "val_table": val_tables.get(view), "test_table": test_tables.get(view)}
+            for view in scored_views
         ],
         dataset_name=dataset_name,
         dataset_size=len(train_split),

@@ -1,10 +1,13 @@
 """Token-to-sentence pooling with sentence-transformers' `Pooling` semantics."""
+from typing import Literal, get_args
+
 import torch
 
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+Pooling = Literal["mean", "cls", "max", "mean_sqrt_len"]
+POOLING_MODES: tuple[str, ...] = get_args(Pooling)
 
 
-def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: Pooling) -> torch.Tensor:
     """Pool `[batch, seq, dim]` token embeddings into `[batch, dim]` sentence embeddings.
 
     Padding positions (mask 0) never contribute. `mean_sqrt_len` divides the sum by

@@ -107,17 +107,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class StepSeed(L.Callback):
-    """Seeds torch before every training step from (seed, rank, global step).
+    """Seeds torch before every training batch from (seed, rank, optimizer step, micro-batch).
 
-    Dropout masks then depend on the step alone, not on how many steps this process has run, so a
-    resumed run draws the same masks as an uninterrupted one.
+    Dropout masks then depend on the position in training alone, not on how many batches this
+    process has run, so a resumed run draws the same masks as an uninterrupted one; the micro-batch
+    (the batch's place in a gradient-accumulation group) keeps the batches of one optimizer step
+    from replaying the same masks.
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        state = np.random.SeedSequence([self.seed, trainer.global_rank, trainer.global_step]).generate_state(1)
+        micro_batch = batch_idx % trainer.accumulate_grad_batches
+        state = np.random.SeedSequence([self.seed, trainer.global_rank, trainer.global_step, micro_batch]).generate_state(1)
         torch.manual_seed(int(state[0]))
 
 
@@ -127,7 +130,9 @@ class PreemptionCheckpoint(L.Callback):
     Lightning catches SIGTERM by itself and stops after the running batch by raising
     `SIGTERMException`; this callback saves the run's state at that point. A signal that lands
     during validation saves nothing (a half-run validation cannot be resumed exactly); the
-    previous checkpoint stays.
+    previous checkpoint stays. A signal in the middle of a gradient-accumulation group saves the
+    position before that group: its batches' gradients were never applied, so they are trained
+    again on resume.
     """
 
     def __init__(self, dirpath: str) -> None:
@@ -136,6 +141,22 @@ class PreemptionCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or not trainer.training:
             return
+        _rewind_unstepped_batches(trainer)
         path = self.dirpath / LAST
         trainer.save_checkpoint(path)
         log.warning("SIGTERM at step %d: saved %s; resume with ckpt_path=last", trainer.global_step, path)
+
+
+def _rewind_unstepped_batches(trainer: L.Trainer) -> None:
+    """Take the batches of an unfinished accumulation group off the loop's count, so the checkpoint
+    (and the data module's position, read from the same count) says they were not trained."""
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    done = progress.current.processed
+    if done >= trainer.num_training_batches:  # the epoch's last, partial group steps anyway
+        return
+    unstepped = done % trainer.accumulate_grad_batches
+    for counter in (progress.current, progress.total):
+        counter.ready -= unstepped
+        counter.started -= unstepped
+        counter.processed -= unstepped
+        counter.completed -= unstepped

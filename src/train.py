@@ -7,47 +7,18 @@ Heavy libraries are imported inside `train()`, so a config typo fails in a secon
 """
 import json
 import logging
-import os
-import sys
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import src  # noqa: F401  (registers the config resolvers)
-from src.errors import UserInputError
+from src.atomic import write_json
+from src.config import register_resolvers
+from src.errors import user_errors
 
 log = logging.getLogger(__name__)
-
-
-def _user_error(error: BaseException | None) -> UserInputError | None:
-    """The UserInputError behind an exception; Hydra's instantiate wraps them in its own."""
-    while error is not None and not isinstance(error, UserInputError):
-        error = error.__cause__ or error.__context__
-    return error
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Print a user's mistake as one line and exit 1; `HYDRA_FULL_ERROR=1` shows the traceback."""
-    try:
-        yield
-    except Exception as e:
-        user_error = _user_error(e)
-        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {user_error}", file=sys.stderr)
-        sys.exit(1)
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+register_resolvers()  # before @hydra.main composes the config
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -61,15 +32,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from src.model import check_encoder_config
     from src.model_card import TrainingLogs
     from src.resume import PREEMPTED_EXIT_CODE, check_checkpoint_fits, read_checkpoint_shapes, resolve_ckpt_path
+    from src.schema import check_config
     from src.tracking import redact_secrets
 
     output_dir = Path(cfg.paths.output_dir)
     # what a user can get wrong fails here, in seconds, before any data or model work
+    check_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     ckpt_shapes = read_checkpoint_shapes(ckpt_path) if ckpt_path else None
-    check_encoder_config(
-        cfg.model.name_or_path, cfg.model.max_seq_length, cfg.model.pooling, cfg.model.get("trust_remote_code", False)
-    )
+    check_encoder_config(cfg.model.name_or_path, cfg.model.max_seq_length, cfg.model.get("trust_remote_code", False))
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
@@ -85,7 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:  # the resolved config, minus anything that looks like a secret
         logger.log_hyperparams(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
 
-    # the data module restores the position inside the epoch itself (PairDataModule.state_dict)
+    # the data module restores the position inside the epoch itself, exactly (PairDataModule.state_dict)
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -98,7 +98,9 @@ def resolve_views(
     return tuple(views)
 
 
-def check_split_labels(split: str, source: str, labels: list[str], views: tuple[str, ...], roles: Mapping[str, str]) -> None:
+def check_split_labels(
+    split: str, source: str, labels: list[str], views: tuple[str, ...], roles: Mapping[str, str]
+) -> None:
     """Stop with one line when a split (`source`: its file) lacks a label a view that is on needs."""
     counts = Counter(labels)
     for view in views:
@@ -106,8 +108,8 @@ def check_split_labels(split: str, source: str, labels: list[str], views: tuple[
             if not counts[roles[role]]:
                 found = ", ".join(f"{label!r} x{n}" for label, n in counts.most_common())
                 raise UserInputError(
-                    f"data.views.{view}: the {split} split ({source}) has no pair labelled {roles[role]!r} (found {found}); "
-                    f"name its {role} label in data.view_labels.{role}, or set data.views.{view}=false"
+                    f"data.views.{view}: the {split} split ({source}) has no pair labelled {roles[role]!r} "
+                    f"(found {found}); name its {role} label in data.view_labels.{role}, or set data.views.{view}=false"
                 )
 
 

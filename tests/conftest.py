@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny random BERT for fast runs, the real MiniLM, the shared HebNLI sample,
-and Hydra configs composed as `python -m src.train` would compose them."""
+and the overrides of a fast training run (plain helpers are in tests/helpers.py)."""
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,10 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import src  # noqa: E402  (registers the resolvers)
-
-SHARED_HEBNLI = src.PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
-DEMO_PAIRS = src.PROJECT_ROOT / "data" / "demo" / "hebrew_pairs.jsonl"
+from tests.helpers import SHARED_HEBNLI  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -54,13 +50,6 @@ def shared_hebnli() -> Path:
     return SHARED_HEBNLI
 
 
-def compose_train_cfg(overrides: list[str], output_dir: Path):
-    """The config `python -m src.train <overrides>` would run with, writing into `output_dir`."""
-    from src.config import compose_config
-
-    return compose_config(overrides, output_dir)
-
-
 @pytest.fixture
 def tiny_overrides(tiny_bert) -> list[str]:
     """A fast CPU run of the demo data on the tiny BERT."""
@@ -75,52 +64,3 @@ def tiny_overrides(tiny_bert) -> list[str]:
         "data.eval_batch_size=32",
     ]
 
-
-class FrozenEmbeddings:
-    """Stands in for a SentenceTransformer with cosine similarity whose `encode` returns fixed
-    embeddings, so sentence-transformers' evaluators score exactly the embeddings ours got."""
-
-    similarity_fn_name = "cosine"
-
-    def __init__(self, lookup: dict[str, torch.Tensor]) -> None:
-        from types import SimpleNamespace
-
-        self.lookup = lookup
-        self.model_card_data = SimpleNamespace(set_evaluation_metrics=lambda *args, **kwargs: None)
-
-    def encode(self, sentences: list[str], convert_to_tensor: bool = False, **kwargs):
-        embeddings = torch.stack([self.lookup[s] for s in sentences])
-        return embeddings if convert_to_tensor else embeddings.numpy()
-
-    encode_query = encode_document = encode
-
-    def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        from sentence_transformers.util import cos_sim
-
-        return cos_sim(a, b)
-
-
-def write_beir_folder(folder: Path) -> Path:
-    """A small BEIR folder from the demo pairs: the premises are the queries, the hypotheses the
-    corpus (every fifth with a title), plus the premises of 20 as distractor documents. qrels:
-    entailment 1, every tenth neutral 2 (graded: also relevant), contradiction 0 (not relevant).
-    Ids are not zero-padded, so their string order is not their numeric order."""
-    import json
-
-    rows = [json.loads(line) for line in DEMO_PAIRS.read_text(encoding="utf-8").splitlines()]
-    premises = list(dict.fromkeys(r["translation1"] for r in rows))
-    hypotheses = list(dict.fromkeys(r["translation2"] for r in rows))
-    corpus = [{"_id": f"doc{i}", "title": f"כותרת {i}" if i % 5 == 0 else "", "text": text} for i, text in enumerate(hypotheses)]
-    corpus += [{"_id": f"extra{i}", "text": text} for i, text in enumerate(premises[:20])]
-    queries = [{"_id": f"q{i}", "text": text} for i, text in enumerate(premises)]
-    score = {"entailment": 1, "contradiction": 0}
-    qrels = ["query-id\tcorpus-id\tscore"]
-    for i, r in enumerate(rows):
-        relevance = score.get(r["original_label"], 2 if i % 10 == 0 else None)
-        if relevance is not None:
-            qrels.append(f"q{premises.index(r['translation1'])}\tdoc{hypotheses.index(r['translation2'])}\t{relevance}")
-    (folder / "qrels").mkdir(parents=True)
-    for name, records in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
-        (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    (folder / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n", encoding="utf-8")
-    return folder

@@ -14,18 +14,13 @@ import pytest
 import torch
 from transformers import AutoModel
 
-import src
+from src.config import PROJECT_ROOT, compose_config
 from src.data import PairColumns, read_pairs, resolve_label_map
-from src.errors import UserInputError
-from src.train import _user_error, train
-from tests.conftest import compose_train_cfg, write_beir_folder
+from src.errors import UserInputError, user_error_behind
+from src.train import train
+from tests.helpers import write_beir_folder, write_jsonl
 
 SIMILARITY = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def pair(i: int, label="entailment", s1=None, s2="השערה") -> dict:
@@ -49,10 +44,10 @@ def no_model_load(monkeypatch):
 
 def user_error(tmp_path: Path, tiny_overrides: list[str], *overrides: str) -> str:
     """The one-line message a run with these overrides stops with."""
-    cfg = compose_train_cfg(tiny_overrides + list(overrides), tmp_path / "run")
+    cfg = compose_config(tiny_overrides + list(overrides), tmp_path / "run")
     with pytest.raises(Exception) as info:
         train(cfg)
-    error = _user_error(info.value)
+    error = user_error_behind(info.value)
     assert error is not None, f"not a user error: {info.value!r}"
     message = str(error)
     assert "\n" not in message
@@ -61,7 +56,7 @@ def user_error(tmp_path: Path, tiny_overrides: list[str], *overrides: str) -> st
 
 def run_cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, **kwargs,
     )
 
@@ -167,9 +162,27 @@ def test_unknown_pooling(tmp_path, tiny_overrides, no_model_load):
     assert message.startswith("model.pooling: unknown pooling 'median'; choose one of mean, ")
 
 
-def test_sentences_per_pass_not_a_positive_number(tmp_path, tiny_overrides, no_model_load):
-    message = user_error(tmp_path, tiny_overrides, "model.sentences_per_pass=0")
-    assert message == "model.sentences_per_pass: 0 is not a positive number, null or auto"
+@pytest.mark.parametrize("override, expected", [
+    # negative or zero where a positive value is needed
+    ("model.lr=-1", "model.lr: -1 is not a positive number"),
+    ("data.batch_size=0", "data.batch_size: 0 is not a positive integer"),
+    ("model.sentences_per_pass=0", "model.sentences_per_pass: 0 is not a positive integer, one of auto or null"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches: 0 is not a positive integer"),
+    ("data.val_fraction=1.5", "data.val_fraction: 1.5 is not a number >= 0 and < 1"),
+    ("loss.scale=-2", "loss.scale: -2 is not a positive number"),
+    # an unknown choice
+    ("data.train_format=quads", "data.train_format: unknown train_format 'quads'; choose one of pairs, triplets"),
+    ("model.nonfinite_loss=ignore", "model.nonfinite_loss: unknown nonfinite_loss 'ignore'; choose one of error, skip"),
+    # the wrong type
+    ("data.batch_size=sixteen", "data.batch_size: 'sixteen' is not a positive integer"),
+    ("model.normalize=maybe", "model.normalize: 'maybe' is not true or false"),
+    ("seed=abc", "seed: 'abc' is not an integer"),
+])
+def test_a_bad_config_value_names_the_key_the_value_and_what_is_allowed(tmp_path, tiny_overrides, no_model_load,
+                                                                        override, expected):
+    message = user_error(tmp_path, tiny_overrides, "loss=cosent" if "loss.scale" in override else "seed=1", override)
+    assert message == expected
+    assert not (tmp_path / "run" / "cache").exists()  # nothing was read or tokenized
 
 
 def test_unknown_label_map(tmp_path, tiny_overrides, no_model_load):
@@ -205,6 +218,24 @@ def test_checkpoint_from_another_model(tmp_path, tiny_overrides, tiny_bert):
     )
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json"])
+def test_a_file_with_a_byte_order_mark_reads_as_its_columns(tmp_path, suffix):
+    """Excel saves CSV with a UTF-8 byte-order mark; it used to become part of the first column's name."""
+    rows = good_rows(6)
+    path = tmp_path / f"pairs{suffix}"
+    if suffix in (".csv", ".tsv"):
+        sep = "\t" if suffix == ".tsv" else ","
+        lines = [sep.join(rows[0])] + [sep.join(str(v) for v in r.values()) for r in rows]
+        text = "\n".join(lines) + "\n"
+    elif suffix == ".json":
+        text = json.dumps(rows, ensure_ascii=False)
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    path.write_bytes("\ufeff".encode() + text.encode())
+    table = read_pairs(path, PairColumns(), resolve_label_map("similarity", {"similarity": SIMILARITY}))
+    assert table.sentence1 == [r["translation1"] for r in rows] and table.score == [1.0, 0.5, 0.0] * 2
+
+
 # -- evaluation views and BEIR folders ---------------------------------------------------------------
 
 def test_an_evaluation_split_without_positive_pairs(tmp_path, tiny_overrides, no_model_load):
@@ -238,18 +269,21 @@ def test_an_unknown_view(tmp_path, tiny_overrides, no_model_load):
     assert message == "data.views.ranking: unknown view; known: retrieval, classification"
 
 
-def test_a_beir_folder_missing_a_file(tmp_path, tiny_bert):
-    from src.config import compose_config
+@pytest.mark.parametrize("missing", ["qrels/test.tsv", "data.path"])
+def test_a_beir_folder_missing_a_file_or_not_named(tmp_path, tiny_bert, missing):
     from src.evaluate import evaluate
 
     folder = write_beir_folder(tmp_path / "beir")
     (folder / "qrels" / "test.tsv").unlink()
-    cfg = compose_config([f"model.source={tiny_bert}", "data=beir", f"data.path={folder}",
-                          "trainer.enable_progress_bar=false"], tmp_path / "eval", config_name="evaluate")
+    path = [f"data.path={folder}"] if missing != "data.path" else []
+    cfg = compose_config([f"model.source={tiny_bert}", "data=beir", *path, "trainer.enable_progress_bar=false"],
+                         tmp_path / "eval", config_name="evaluate")
     with pytest.raises(Exception) as info:
         evaluate(cfg)
-    assert str(_user_error(info.value)) == (
-        f"data.path: {folder} has no qrels/test.tsv (a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv)"
+    assert str(user_error_behind(info.value)) == (
+        f"data.path: {folder} has no qrels/test.tsv (a BEIR folder holds corpus.jsonl, queries.jsonl and "
+        "qrels/<split>.tsv)" if missing != "data.path" else
+        "data.path: not set; name the BEIR folder to score (data.path=<folder>)"
     )
 
 

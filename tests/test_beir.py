@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-import src
 from src.beir import read_beir
+from src.config import PROJECT_ROOT
 from src.retrieval import RECALL_AT, RETRIEVAL_METRIC_NAMES
-from tests.conftest import write_beir_folder
+from tests.helpers import write_beir_folder
 
 
 def write(path, text: str) -> None:
@@ -38,7 +38,7 @@ def test_evaluate_on_a_beir_folder_equals_information_retrieval_evaluator(tmp_pa
     result = subprocess.run(
         [sys.executable, "-m", "src.evaluate", f"model={tiny_bert}", "data=beir", f"data.path={folder}",
          f"hydra.run.dir={tmp_path / 'eval'}", "trainer.enable_progress_bar=false"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     ours = json.loads((tmp_path / "eval" / "metrics.json").read_text())

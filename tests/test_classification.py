@@ -7,7 +7,7 @@ from sentence_transformers.sentence_transformer.evaluation import BinaryClassifi
 from src.classification import CLASSIFICATION_METRIC_NAMES, NEGATIVE, NEITHER, POSITIVE, PairClassificationMetrics
 from src.data import DEFAULT_SIMILARITY_MAP, PairColumns, read_pairs
 from src.model import SentenceEmbeddingModel
-from tests.conftest import DEMO_PAIRS, FrozenEmbeddings
+from tests.helpers import DEMO_PAIRS, FrozenEmbeddings
 
 
 def ours(emb_a, emb_b, labels, order=None, batch_size=64) -> dict[str, float]:

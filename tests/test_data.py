@@ -1,13 +1,11 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from src.batching import PairBatchSampler, PairCollator
 from src.data import PairColumns, PairDataModule, read_pairs, resolve_label_map, split_by_group
 from src.errors import UserInputError
-from tests.conftest import DEMO_PAIRS
+from tests.helpers import DEMO_PAIRS, write_jsonl
 
 LABEL_MAPS = {
     "similarity": {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0},
@@ -15,11 +13,6 @@ LABEL_MAPS = {
     "float": "float",
 }
 COLUMNS = PairColumns()
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def row(s1="שלום", s2="עולם", label="entailment", group=1) -> dict:
@@ -97,75 +90,6 @@ def test_group_split_keeps_premises_together_and_is_seeded():
     assert all(np.array_equal(split[k], again[k]) for k in split)
 
 
-def _epoch(sampler: PairBatchSampler) -> list[list[int]]:
-    return list(iter(sampler))
-
-
-@pytest.mark.parametrize("group_by_length", [True, False])
-def test_training_sampler_sees_every_pair_once_per_epoch(group_by_length):
-    lengths = np.random.default_rng(0).integers(5, 100, 1000)
-    sampler = PairBatchSampler(lengths, 16, shuffle=True, group_by_length=group_by_length, seed=1)
-    first = _epoch(sampler)
-    assert sorted(i for b in first for i in b) == list(range(1000))
-    assert len(first) == len(sampler) == 63
-    sampler.set_epoch(1)
-    assert _epoch(sampler) != first  # reshuffled per epoch
-
-
-def test_length_grouping_cuts_padding():
-    lengths = np.random.default_rng(0).integers(5, 120, 4000)
-
-    def padded(sampler: PairBatchSampler) -> int:
-        return sum(len(b) * lengths[b].max() for b in _epoch(sampler))
-
-    plain = padded(PairBatchSampler(lengths, 16, shuffle=True, group_by_length=False))
-    grouped = padded(PairBatchSampler(lengths, 16, shuffle=True, group_by_length=True))
-    assert grouped < 0.7 * plain
-
-
-def test_ranks_split_batches_evenly_for_training_and_without_repeats_for_eval():
-    lengths = np.arange(1, 101)
-    train = [PairBatchSampler(lengths, 8, shuffle=True, num_replicas=3, rank=r) for r in range(3)]
-    assert len({len(_epoch(s)) for s in train}) == 1  # every rank steps the same number of times
-    evals = [PairBatchSampler(lengths, 8, shuffle=False, num_replicas=3, rank=r, even_ranks=False) for r in range(3)]
-    seen = [i for s in evals for b in _epoch(s) for i in b]
-    assert sorted(seen) == list(range(100))  # each sample exactly once across ranks
-    assert [len(s) for s in evals] == [len(_epoch(s)) for s in evals]
-
-
-@pytest.mark.parametrize("n_pairs, batch_size, ranks", [(54, 64, 2), (3, 64, 4), (20, 8, 4)])
-def test_every_rank_gets_an_eval_batch_even_with_fewer_batches_than_ranks(n_pairs, batch_size, ranks):
-    """A rank with an empty eval loader would leave the others waiting in the metric sync (DDP hang)."""
-    lengths = np.random.default_rng(0).integers(5, 50, n_pairs)
-    evals = [PairBatchSampler(lengths, batch_size, shuffle=False, num_replicas=ranks, rank=r, even_ranks=False)
-             for r in range(ranks)]
-    per_rank = [_epoch(s) for s in evals]
-    assert all(batches and all(batches) for batches in per_rank)  # >= 1 batch, none empty
-    assert [len(s) for s in evals] == [len(b) for b in per_rank]
-    seen = [i for batches in per_rank for b in batches for i in b]
-    assert set(seen) == set(range(n_pairs))  # every pair evaluated; repeats only when pairs < ranks
-    assert len(seen) == max(n_pairs, ranks)
-
-
-def test_resume_skips_the_batches_already_done():
-    sampler = PairBatchSampler(np.arange(100), 10, shuffle=True, seed=3)
-    sampler.set_epoch(2)
-    full = _epoch(sampler)
-    sampler.resume_at(epoch=2, batches_done=4)
-    assert _epoch(sampler) == full[4:]
-    assert _epoch(sampler) == full  # the skip applies once
-
-
-def test_collator_pads_each_column_to_its_own_longest():
-    batch = PairCollator(pad_token_id=0)(
-        {"input_ids_a": [[1, 2, 3], [4]], "input_ids_b": [[5, 6], [7]], "score": [1.0, 0.0], "index": [0, 1]}
-    )
-    assert batch["input_ids_a"].tolist() == [[1, 2, 3], [4, 0, 0]]
-    assert batch["input_ids_b"].tolist() == [[5, 6], [7, 0]]
-    assert batch["attention_mask_a"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["attention_mask_b"].sum(1).tolist() == [2, 1]
-
-
 def test_datamodule_carves_splits_and_caches_tokenization(tmp_path, tiny_bert):
     rows = [row(s1=f"משפט {g}", s2=f"השערה {g} {k}", label=lab, group=g)
             for g in range(40) for k, lab in enumerate(["entailment", "neutral", "contradiction"])]
@@ -203,3 +127,18 @@ def test_pair_tokenizer_matches_the_fast_tokenizer(minilm_path):
     for column, key in (("sentence1", "input_ids_a"), ("sentence2", "input_ids_b")):
         assert out[key] == tokenizer(batch[column], truncation=True, max_length=12)["input_ids"]
     assert out["max_length"] == [max(len(a), len(b)) for a, b in zip(out["input_ids_a"], out["input_ids_b"])]
+
+
+def test_a_truncated_cache_file_is_named_and_rebuilt(tmp_path, tiny_bert, caplog):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [row(s1=f"משפט {i}", group=i) for i in range(20)])
+    kwargs = dict(tokenizer=str(tiny_bert), max_seq_length=32, train_file=str(path), label_maps=LABEL_MAPS,
+                  cache_dir=str(tmp_path / "cache"))
+    first = PairDataModule(**kwargs).load_split_file("train").to_dict()  # a copy: the dataset maps the file
+    (cache,) = (tmp_path / "cache" / "tokenized").glob("*.arrow")
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])  # a write cut short
+    with caplog.at_level("WARNING", logger="src.data"):
+        again = PairDataModule(**kwargs).load_split_file("train")
+    assert again.to_dict() == first
+    (line,) = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
+    assert line.startswith(f"{cache}: unreadable tokenization cache (") and line.endswith("rebuilding it")
+    assert PairDataModule(**kwargs).load_split_file("train")["score"] == first["score"]  # and good again

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-import src
+from src.config import PROJECT_ROOT, compose_config
 from src.views import VIEWS
-from tests.conftest import compose_train_cfg
 
 
 def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overrides):
@@ -22,7 +21,7 @@ def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overri
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "-m", "seed=1,2", *tiny_overrides, *data, "trainer=ddp_cpu",
          "trainer.max_steps=4", "trainer.val_check_interval=2", f"hydra.sweep.dir={sweep}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=400,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=400,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -39,7 +38,7 @@ def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overri
     job = sweep / "0"
     ddp_metrics = json.loads((job / "metrics.json").read_text())
     (best,) = [p for p in (job / "checkpoints").iterdir() if p.name != "last.ckpt"]
-    cfg = compose_train_cfg([*tiny_overrides, *data, "seed=1"], tmp_path / "single")
+    cfg = compose_config([*tiny_overrides, *data, "seed=1"], tmp_path / "single")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         use_distributed_sampler=False)
     single = trainer.validate(instantiate(cfg.model), datamodule=instantiate(cfg.data), ckpt_path=str(best))[0]
@@ -123,10 +122,10 @@ def test_default_precision_follows_the_chip(monkeypatch, tmp_path, accelerator, 
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: cpu_amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # not enough: bf16 ran slower
-    cfg = compose_train_cfg(["+experiment=demo", f"trainer.accelerator={accelerator}"], tmp_path)
+    cfg = compose_config(["+experiment=demo", f"trainer.accelerator={accelerator}"], tmp_path)
     assert cfg.trainer.precision == expected
     # the reference recipe keeps its fp32 on any chip
-    reference = compose_train_cfg(["+experiment=hebrew_nli_seed", f"trainer.accelerator={accelerator}"], tmp_path)
+    reference = compose_config(["+experiment=hebrew_nli_seed", f"trainer.accelerator={accelerator}"], tmp_path)
     assert reference.trainer.precision == "32-true"
 
 
@@ -134,7 +133,7 @@ def test_default_precision_follows_the_chip(monkeypatch, tmp_path, accelerator, 
 def test_trainer_presets_compose(tmp_path, trainer):
     import torch
 
-    cfg = compose_train_cfg(["+experiment=demo", f"trainer={trainer}"], tmp_path)
+    cfg = compose_config(["+experiment=demo", f"trainer={trainer}"], tmp_path)
     if trainer == "ddp_cpu":
         assert cfg.trainer.devices == 2 and cfg.trainer.strategy.process_group_backend == "gloo"
     else:  # mixed precision picked for this machine: fp32 without a GPU
@@ -151,7 +150,7 @@ def test_ddp_children_rerun_the_job_not_the_sweep(tmp_path, monkeypatch):
 
     from src.distributed import hydra_subprocess_cmd
 
-    compose_train_cfg(["+experiment=demo"], tmp_path)
+    compose_config(["+experiment=demo"], tmp_path)
     hydra = HydraConfig.get()
     with read_write(hydra):
         hydra.runtime.output_dir = str(tmp_path / "sweep" / "3")

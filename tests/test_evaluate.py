@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-import src
-from src.config import compose_config
+from src.config import PROJECT_ROOT, compose_config
 from src.data import PairColumns, distinct_text_ids, read_pairs, resolve_label_map
 from src.evaluate import evaluate, expand_model_shorthand
 from src.metrics import METRIC_NAMES
 from src.retrieval import RECALL_AT
 from src.train import train
 from src.views import VIEWS
-from tests.conftest import DEMO_PAIRS, FrozenEmbeddings, compose_train_cfg
+from tests.helpers import DEMO_PAIRS, FrozenEmbeddings
 
 ALL_TEST = {f"test/{name}" for view in VIEWS for name in view.metric_names}  # the ten, retrieval, classification
 
@@ -34,7 +33,7 @@ def tiny_run(tmp_path_factory, tiny_bert) -> Path:
         "trainer.max_steps=4", "trainer.val_check_interval=2", f"data.test_file={DEMO_PAIRS}",
         "data.test_fraction=0",
     ]
-    train(compose_train_cfg(overrides, run))
+    train(compose_config(overrides, run))
     return run
 
 
@@ -57,7 +56,7 @@ def test_model_shorthand_on_the_command_line(tiny_run, tmp_path):
         [sys.executable, "-m", "src.evaluate", f"model={tiny_run / 'model'}", f"data.test_file={DEMO_PAIRS}",
          f"hydra.run.dir={tmp_path / 'eval'}", f"paths.cache_dir={tmp_path / 'cache'}",
          "trainer.enable_progress_bar=false"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -13,11 +13,10 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-import src
+from src.config import PROJECT_ROOT, compose_config
 from src.export import load_checkpoint_model, load_model, save_sentence_transformer
 from src.model import SentenceEmbeddingModel
 from src.train import train
-from tests.conftest import compose_train_cfg
 
 SENTENCES = ["שלום עולם", "מה שלומך היום?", "א", "The cat sat on the mat, and then it slept for a very long time."]
 
@@ -67,7 +66,7 @@ TINY_RUN_OVERRIDES = [
 def tiny_run(tmp_path_factory, tiny_bert) -> Path:
     """A short training run on the tiny BERT with non-default pooling and max_seq_length."""
     run = tmp_path_factory.mktemp("run")
-    train(compose_train_cfg(TINY_RUN_OVERRIDES + [f"model.name_or_path={tiny_bert}"], run))
+    train(compose_config(TINY_RUN_OVERRIDES + [f"model.name_or_path={tiny_bert}"], run))
     return run
 
 
@@ -122,14 +121,14 @@ def test_export_command_writes_beside_the_checkpoint(tiny_run, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "src.export", f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'exported'}",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     modules = json.loads((tmp_path / "exported" / "modules.json").read_text())
     assert [m["path"] for m in modules] == ["", "1_Pooling"]
     missing = subprocess.run(
         [sys.executable, "-m", "src.export", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path / 'h2'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert missing.returncode == 1 and "nope.ckpt" in missing.stderr
 
@@ -137,13 +136,13 @@ def test_export_command_writes_beside_the_checkpoint(tiny_run, tmp_path):
 def test_export_command_writes_the_runs_card_for_the_checkpoint(tiny_run, tiny_bert, tmp_path):
     # what Hydra leaves in a run folder; the fixture trained through `train()`, which does not
     (tiny_run / ".hydra").mkdir(exist_ok=True)
-    OmegaConf.save(compose_train_cfg(TINY_RUN_OVERRIDES + [f"model.name_or_path={tiny_bert}"], tiny_run),
+    OmegaConf.save(compose_config(TINY_RUN_OVERRIDES + [f"model.name_or_path={tiny_bert}"], tiny_run),
                    tiny_run / ".hydra" / "config.yaml")
     best = next(p for p in (tiny_run / "checkpoints").glob("step*.ckpt"))
     result = subprocess.run(
         [sys.executable, "-m", "src.export", f"ckpt_path={best}", f"output_dir={tmp_path / 'exported'}",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     front, body = (tmp_path / "exported" / "README.md").read_text(encoding="utf-8").split("---\n", 2)[1:]

@@ -146,10 +146,10 @@ def test_each_loss_config_trains(tmp_path, tiny_overrides, overrides, target):
     import csv
     import math
 
+    from src.config import compose_config
     from src.train import train
-    from tests.conftest import compose_train_cfg
 
-    cfg = compose_train_cfg(tiny_overrides + overrides + ["trainer.max_steps=3", "trainer.log_every_n_steps=1"], tmp_path)
+    cfg = compose_config(tiny_overrides + overrides + ["trainer.max_steps=3", "trainer.log_every_n_steps=1"], tmp_path)
     metrics = train(cfg)
     assert -1 <= metrics["val/spearman_cosine"] <= 1
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
@@ -160,11 +160,11 @@ def test_each_loss_config_trains(tmp_path, tiny_overrides, overrides, target):
 
 
 def test_a_triplet_loss_on_pair_data_is_refused(tmp_path, tiny_overrides):
+    from src.config import compose_config
     from src.errors import UserInputError
     from src.train import train
-    from tests.conftest import compose_train_cfg
 
-    cfg = compose_train_cfg(tiny_overrides + ["loss=in_batch_negatives", "data.train_format=pairs"], tmp_path)
+    cfg = compose_config(tiny_overrides + ["loss=in_batch_negatives", "data.train_format=pairs"], tmp_path)
     with pytest.raises(UserInputError, match="data.train_format: 'pairs', but the loss MultipleNegativesRankingLoss"):
         train(cfg)
 
@@ -176,14 +176,14 @@ def test_in_batch_negatives_gathered_under_lightning_ddp(tmp_path, tiny_override
     import subprocess
     import sys
 
-    import src
+    from src.config import PROJECT_ROOT
 
     run = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "src.train", *tiny_overrides, "trainer=ddp_cpu", "loss=in_batch_negatives",
          "loss.gather_across_ranks=true", "trainer.max_steps=2", "test=false", f"hydra.run.dir={run}",
          f"paths.cache_dir={tmp_path / 'cache'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=400, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in (run / "train.log").read_text()
@@ -191,10 +191,10 @@ def test_in_batch_negatives_gathered_under_lightning_ddp(tmp_path, tiny_override
 
 
 def test_objective_experiments_compose(tmp_path):
-    from tests.conftest import compose_train_cfg
+    from src.config import compose_config
 
-    best = compose_train_cfg(["+experiment=hebrew_nli_best"], tmp_path / "best")
+    best = compose_config(["+experiment=hebrew_nli_best"], tmp_path / "best")
     assert best.model.loss["_target_"] == "src.losses.CoSENTLoss" and best.data.train_format == "pairs"
     # the benchmark scores every seed on the same held-out premises
-    cell = compose_train_cfg(["+experiment=objectives", "loss=in_batch_negatives", "seed=43"], tmp_path / "cell")
+    cell = compose_config(["+experiment=objectives", "loss=in_batch_negatives", "seed=43"], tmp_path / "cell")
     assert cell.data.split_seed == 42 and cell.data.train_format == "triplets" and cell.data.val_fraction == 0.2

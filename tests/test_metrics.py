@@ -1,22 +1,10 @@
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
-from src.metrics import METRIC_NAMES, EmbeddingSimilarityMetrics
-
-
-class FrozenEmbeddings:
-    """Stands in for a SentenceTransformer whose `encode` returns fixed embeddings."""
-
-    def __init__(self, lookup: dict[str, torch.Tensor]) -> None:
-        self.lookup = lookup
-        self.model_card_data = SimpleNamespace(set_evaluation_metrics=lambda *args: None)
-
-    def encode(self, sentences: list[str], **kwargs) -> np.ndarray:
-        return torch.stack([self.lookup[s] for s in sentences]).numpy()
+from src.metrics import METRIC_NAMES, EmbeddingSimilarityMetrics, average_ranks, nan_safe_max, pearson, spearman
+from tests.helpers import FrozenEmbeddings
 
 
 def _evaluator_metrics(emb_a: torch.Tensor, emb_b: torch.Tensor, scores: torch.Tensor) -> dict[str, float]:
@@ -69,3 +57,37 @@ def test_repeated_samples_do_not_change_the_result():
     partial = EmbeddingSimilarityMetrics()
     partial.update(emb_a[:40], emb_b[:40], scores[:40], index[:40])
     assert not np.isclose(float(partial.compute()["spearman_cosine"]), float(a["spearman_cosine"]))
+
+
+def test_correlations_equal_scipy_at_200000_pairs_with_ties():
+    """torchmetrics 1.9 sums tied ranks in int32: past ~88,000 pairs of 3-valued targets its Spearman
+    overflowed (-0.146 where scipy gives 0.662 at 120,000 pairs)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    generator = torch.Generator().manual_seed(3)
+    n = 200_000
+    target = torch.randint(0, 3, (n,), generator=generator).double() / 2  # NLI-style: 3 values, many ties
+    scores = target + torch.randn(n, generator=generator, dtype=torch.float64)
+    scores = (scores * 20).round() / 20  # ties on the score side too
+    assert spearman(scores, target).item() == pytest.approx(spearmanr(scores, target).statistic, abs=1e-9)
+    assert pearson(scores, target).item() == pytest.approx(pearsonr(scores, target).statistic, abs=1e-9)
+    # and through the metric, as validation computes it
+    emb_a = torch.randn(n, 4, generator=generator)
+    emb_b = emb_a + 2 * torch.randn(n, 4, generator=generator)
+    metric = EmbeddingSimilarityMetrics()
+    metric.update(emb_a, emb_b, target, torch.arange(n))
+    cosine = torch.nn.functional.cosine_similarity(emb_a.double(), emb_b.double(), dim=-1)
+    assert metric.compute()["spearman_cosine"].item() == pytest.approx(spearmanr(cosine, target).statistic, abs=1e-6)
+    ranks = average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0, 3.0]))
+    assert ranks.tolist() == [4.0, 1.0, 4.0, 2.0, 4.0]
+
+
+def test_a_constant_input_gives_nan_and_nan_never_wins_the_max():
+    n = 64
+    collapsed = EmbeddingSimilarityMetrics()  # a collapsed model: every sentence gets the same embedding
+    collapsed.update(torch.ones(n, 8), torch.ones(n, 8), torch.rand(n), torch.arange(n))
+    values = collapsed.compute()
+    assert all(torch.isnan(values[name]) for name in METRIC_NAMES)  # scipy's answer, not torchmetrics' 0.0
+    assert torch.isnan(spearman(torch.arange(5.0), torch.ones(5)))
+    # one similarity function undefined: the max is taken over the others
+    assert nan_safe_max(torch.tensor([float("nan"), 0.2, 0.5], dtype=torch.float64)).item() == 0.5

@@ -7,10 +7,10 @@ import pytest
 import yaml
 from hydra.utils import instantiate
 
+from src.config import compose_config
 from src.losses import CoSENTLoss
 from src.train import train
 from src.views import VIEWS
-from tests.conftest import compose_train_cfg
 
 SECTIONS = [
     "# SentenceTransformer based on", "## Model Details", "### Model Description", "### Full Model Architecture",
@@ -26,7 +26,7 @@ SECTIONS = [
 def card_run(tmp_path_factory, tiny_bert) -> tuple[Path, object]:
     """Four steps of CoSENT on the tiny BERT, validated every two steps."""
     run = tmp_path_factory.mktemp("run")
-    cfg = compose_train_cfg(
+    cfg = compose_config(
         ["+experiment=demo", f"model.name_or_path={tiny_bert}", "model.max_seq_length=64", "loss=cosent",
          "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
          "trainer.max_steps=4", "trainer.val_check_interval=2", "data.eval_batch_size=32"],
@@ -111,7 +111,22 @@ def test_card_has_every_section_and_the_runs_numbers(card_run):
 def test_card_hyperparameters_never_show_a_secret(tmp_path):
     from src.model_card import hyperparameters
 
-    cfg = compose_train_cfg(["+experiment=demo", "+data.hf_token=hf_abc123", "+model.api_key=k-42"], tmp_path)
+    cfg = compose_config(["+experiment=demo", "+data.hf_token=hf_abc123", "+model.api_key=k-42"], tmp_path)
     non_default, every = hyperparameters(cfg)
     assert every["data.hf_token"] == every["model.api_key"] == "<redacted>"
     assert "hf_abc123" not in str(non_default) + str(every) and "k-42" not in str(every)
+
+
+def test_training_logs_undo_lightnings_division_by_the_accumulation_factor():
+    """Lightning hands callbacks the loss divided by accumulate_grad_batches (what backward saw)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from src.model_card import TrainingLogs
+
+    logs = TrainingLogs()
+    trainer = SimpleNamespace(accumulate_grad_batches=4)
+    for loss in (0.25, 0.5):  # the divided losses of two batches whose loss was 1.0 and 2.0
+        logs.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, 0)
+    assert logs._losses == [1.0, 2.0]

@@ -7,9 +7,9 @@ import sys
 import nbformat
 import pytest
 
-import src
+from src.config import PROJECT_ROOT
 
-NOTEBOOKS = src.PROJECT_ROOT / "notebooks"
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
 RESULT = "notebook-result:"
 
 
@@ -25,7 +25,7 @@ def run_notebook(name: str, parameters: dict, result: str, monkeypatch) -> dict:
     nb.cells.insert(at + 1, injected)
     nb.cells.append(nbformat.v4.new_code_cell(f"import json\nprint({RESULT!r}, json.dumps({result}))"))
     # the kernel imports this checkout's `src`, draws with Agg, and stays on one core
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(src.PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
@@ -64,7 +64,7 @@ def test_kernel_is_this_python():
 def test_data_notebook(monkeypatch, tiny_bert):
     from transformers import AutoTokenizer
 
-    from tests.conftest import DEMO_PAIRS
+    from tests.helpers import DEMO_PAIRS
 
     rows = [json.loads(line) for line in DEMO_PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
@@ -101,7 +101,7 @@ def sweep(tmp_path_factory, tiny_bert):
          "trainer.enable_model_summary=false", "trainer.max_steps=4", "trainer.val_check_interval=2",
          "data.eval_batch_size=32", "test=false", "model.lr=1e-4,5e-4",
          f"hydra.sweep.dir={root / 'sweep'}", f"paths.cache_dir={root / 'cache'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -141,7 +141,7 @@ def test_embeddings_notebook(monkeypatch, sweep):
     import pandas as pd
     from sentence_transformers import SentenceTransformer
 
-    from tests.conftest import DEMO_PAIRS
+    from tests.helpers import DEMO_PAIRS
 
     model_dir = sweep / str(pd.read_csv(sweep / "summary.csv")["job"][0]) / "model"
     run = run_notebook(

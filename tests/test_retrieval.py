@@ -9,7 +9,7 @@ import src.retrieval
 from src.data import DEFAULT_SIMILARITY_MAP, PairColumns, distinct_text_ids, read_pairs
 from src.model import SentenceEmbeddingModel
 from src.retrieval import RECALL_AT, RETRIEVAL_METRIC_NAMES, RetrievalMetrics
-from tests.conftest import DEMO_PAIRS, FrozenEmbeddings
+from tests.helpers import DEMO_PAIRS, FrozenEmbeddings
 
 
 def ours(queries, query_ids, documents, document_ids, positive, order=None, batch_size=64, **blocks) -> dict[str, float]:

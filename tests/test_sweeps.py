@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-import src
+from src.config import PROJECT_ROOT
 from src.sweep_summary import summarize_sweep, to_markdown
 
 
@@ -17,7 +17,7 @@ def _multirun(args: list[str], tiny_overrides: list[str], tmp_path) -> subproces
     result = subprocess.run(
         [sys.executable, "-m", "src.train", *args, *tiny_overrides, "trainer.max_steps=2", "test=false",
          f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

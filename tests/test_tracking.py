@@ -7,11 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-
-import src
+from src.config import PROJECT_ROOT, compose_config
 from src.tracking import REDACTED, WandbLogger, closing_wandb_run, offline_reason, redact_secrets
 from src.train import train
-from tests.conftest import compose_train_cfg
 
 
 def wandb_records(run_file: Path) -> list:
@@ -114,7 +112,7 @@ def test_offline_run_holds_config_metrics_pairs_and_model(tmp_path, tiny_overrid
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     run_dir = tmp_path / "run"
-    cfg = compose_train_cfg(tiny_overrides + ["logger=many", "trainer.val_check_interval=3", "model.lr=3e-5"], run_dir)
+    cfg = compose_config(tiny_overrides + ["logger=many", "trainer.val_check_interval=3", "model.lr=3e-5"], run_dir)
     with closing_wandb_run(run_dir / "model"):
         metrics = train(cfg)
 
@@ -138,7 +136,7 @@ def test_each_sweep_job_is_its_own_run_grouped_by_sweep(tmp_path, tiny_overrides
         [sys.executable, "-m", "src.train", "-m", "model.lr=1e-5,5e-5", *tiny_overrides, "logger=wandb",
          "logger.wandb.offline=true", "trainer.max_steps=2", "test=false", f"hydra.sweep.dir={sweep}",
          f"paths.cache_dir={tmp_path / 'cache'}"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

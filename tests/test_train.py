@@ -6,17 +6,16 @@ import sys
 import pytest
 import torch
 
-import src
+from src.config import PROJECT_ROOT, compose_config
 from src.metrics import METRIC_NAMES
 from src.train import train
-from tests.conftest import compose_train_cfg
 
 TEN_VAL = {f"val/{m}" for m in METRIC_NAMES}
 TEN_TEST = {f"test/{m}" for m in METRIC_NAMES}
 
 
 def test_tiny_run_writes_checkpoints_and_metrics(tmp_path, tiny_overrides):
-    cfg = compose_train_cfg(tiny_overrides + ["trainer.val_check_interval=3"], tmp_path / "run")
+    cfg = compose_config(tiny_overrides + ["trainer.val_check_interval=3"], tmp_path / "run")
     metrics = train(cfg)
     run = tmp_path / "run"
     on_disk = json.loads((run / "metrics.json").read_text())
@@ -33,7 +32,7 @@ def test_dropout_is_on_while_training(tmp_path, tiny_overrides):
     import lightning as L
     from hydra.utils import instantiate
 
-    cfg = compose_train_cfg(tiny_overrides, tmp_path)
+    cfg = compose_config(tiny_overrides, tmp_path)
     model = instantiate(cfg.model)
     seen = {}
 
@@ -57,7 +56,7 @@ def test_training_steps_with_gradient_clipping_in_each_precision(tmp_path, tiny_
     import lightning as L
     from hydra.utils import instantiate
 
-    cfg = compose_train_cfg(tiny_overrides, tmp_path)
+    cfg = compose_config(tiny_overrides, tmp_path)
     model = instantiate(cfg.model)
     before = model.encoder.encoder.layer[0].output.dense.weight.detach().clone()
     trainer = L.Trainer(max_steps=2, accelerator="cpu", precision=precision, gradient_clip_val=1.0, logger=False,
@@ -72,7 +71,7 @@ def test_training_steps_with_gradient_clipping_in_each_precision(tmp_path, tiny_
 def test_encode_matches_training_embeddings(tmp_path, tiny_overrides):
     from hydra.utils import instantiate
 
-    cfg = compose_train_cfg(tiny_overrides, tmp_path)
+    cfg = compose_config(tiny_overrides, tmp_path)
     model = instantiate(cfg.model)
     sentences = ["שלום עולם", "מה שלומך היום?", "א"]
     batch = model.tokenizer(sentences, padding=True, return_tensors="pt")
@@ -86,7 +85,7 @@ def test_encode_matches_training_embeddings(tmp_path, tiny_overrides):
 def test_sentences_per_pass_gives_the_one_pass_embeddings_and_gradients(tmp_path, tiny_overrides, per_pass):
     from hydra.utils import instantiate
 
-    cfg = compose_train_cfg(tiny_overrides, tmp_path)
+    cfg = compose_config(tiny_overrides, tmp_path)
     datamodule = instantiate(cfg.data)
     datamodule.setup()
     batch = next(iter(datamodule.train_dataloader()))
@@ -113,7 +112,7 @@ def test_sentences_per_pass_gives_the_one_pass_embeddings_and_gradients(tmp_path
 def test_config_typo_fails_fast_with_hydra_error():
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "+experiment=demo", "model.learning_rate=1"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0
     assert "learning_rate" in result.stderr
@@ -126,7 +125,7 @@ def test_demo_experiment_runs_end_to_end(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "src.train", "+experiment=demo", f"hydra.run.dir={run}",
          f"paths.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false"],
-        cwd=src.PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -136,7 +135,7 @@ def test_demo_experiment_runs_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_real_hebnli_pairs_with_minilm(tmp_path, shared_hebnli):
-    cfg = compose_train_cfg(
+    cfg = compose_config(
         ["+experiment=demo", f"data.train_file={shared_hebnli}", "trainer.max_steps=20",
          "trainer.enable_progress_bar=false", "data.val_fraction=0.1", "data.test_fraction=0.1"],
         tmp_path,

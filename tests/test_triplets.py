@@ -6,6 +6,7 @@ import pytest
 from src.batching import PairCollator
 from src.data import PairDataModule, TokenizedPairs, nli_triplets
 from src.errors import UserInputError
+from tests.helpers import write_jsonl
 from tests.test_data import LABEL_MAPS, row, write_jsonl
 
 
@@ -75,8 +76,3 @@ def test_datamodule_trains_on_triplets_and_validates_on_scored_pairs(tmp_path, t
     assert all("score" not in b for b in batches)
     assert all({"score", "input_ids_b"} <= set(b) and "input_ids_c" not in b for b in dm.val_dataloader())
     assert set(TokenizedPairs(val)[0]) == {"input_ids_a", "input_ids_b", "score", "index"}
-
-
-def test_unknown_train_format_is_named(tmp_path):
-    with pytest.raises(UserInputError, match=r"data.train_format: 'quads' is not one of pairs, triplets"):
-        PairDataModule(tokenizer="x", max_seq_length=8, train_file="x.jsonl", train_format="quads")

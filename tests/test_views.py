@@ -7,9 +7,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from src.config import compose_config
 from src.train import train
 from src.views import VIEWS
-from tests.conftest import compose_train_cfg
 
 BOTH = ("retrieval", "classification")
 
@@ -25,13 +25,13 @@ BOTH = ("retrieval", "classification")
       "data.view_labels.positive=duplicate", "data.view_labels.negative=other"], BOTH),
 ])
 def test_views_are_on_where_the_label_map_names_their_labels(tmp_path, overrides, expected):
-    cfg = compose_train_cfg(["+experiment=demo", *overrides], tmp_path)
+    cfg = compose_config(["+experiment=demo", *overrides], tmp_path)
     assert instantiate(cfg.data).eval_views == expected
 
 
 def test_every_validation_logs_the_views_and_the_best_checkpoint_is_chosen_by_one(tmp_path, tiny_overrides):
     run = tmp_path / "run"
-    cfg = compose_train_cfg(
+    cfg = compose_config(
         tiny_overrides + ["trainer.val_check_interval=2", "model.lr=3e-3", "optimized_metric=val/retrieval_ndcg@10"], run
     )
     train(cfg)
