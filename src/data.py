@@ -25,12 +25,13 @@ from transformers import PreTrainedTokenizerBase
 from src.batching import PairBatchSampler, PairCollator, ResumePoint
 from src.errors import UserInputError
 from src.schema import Fraction, NonNegativeInt, PositiveInt
+from src.views import PAIR_VIEW_COLUMNS, LabelledPairCollator, check_split_labels, resolve_views
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 FLOAT_LABELS = "float"  # a label map given as this string passes numeric labels through
-CACHE_VERSION = "2"  # bump when the tokenized layout changes
+CACHE_VERSION = "3"  # bump when the tokenized layout changes
 DEFAULT_SIMILARITY_MAP = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
 
 
@@ -181,6 +182,12 @@ def read_pairs(path: Path, columns: PairColumns, label_map: dict[str, float] | N
     return table
 
 
+def distinct_text_ids(texts: list[str]) -> list[int]:
+    """Each text's id among the distinct texts of the list, numbered by first appearance."""
+    ids: dict[str, int] = {}
+    return [ids.setdefault(text, len(ids)) for text in texts]
+
+
 def split_by_group(groups: list[str], fractions: dict[str, float], seed: int) -> dict[str, np.ndarray]:
     """Assign whole groups (rows sharing a premise) to splits, so no premise sits on both sides.
 
@@ -204,14 +211,15 @@ class TokenizedPairs(Dataset):
     """A tokenized split backed by Arrow; batches are fetched column-wise in one call.
 
     Rows hold the token ids of each text column (`input_ids_a`, `input_ids_b`; `input_ids_c` for
-    triplets' hard negatives) and, for scored pairs, the `score`. Each batch carries its rows'
-    positions in the split (`index`), which lets metrics drop the samples repeated to even out DDP ranks.
+    triplets' hard negatives), for scored pairs the `score`, and any `extra_columns`. Each batch
+    carries its rows' positions in the split (`index`), which lets metrics drop the samples
+    repeated to even out DDP ranks.
     """
 
-    def __init__(self, table: datasets.Dataset) -> None:
+    def __init__(self, table: datasets.Dataset, extra_columns: tuple[str, ...] = ()) -> None:
         self.table = table
         self._columns = table.select_columns(
-            [c for c in table.column_names if c.startswith("input_ids_") or c == "score"]
+            [c for c in table.column_names if c.startswith("input_ids_") or c == "score" or c in extra_columns]
         )
 
     def __len__(self) -> int:
@@ -252,6 +260,8 @@ class PairDataModule(L.LightningDataModule):
         # training rows: scored pairs, or (anchor, positive, optional hard negative) triplets
         train_format: Literal["pairs", "triplets"] = "pairs",
         triplet_labels: Mapping[str, str] | None = None,
+        views: Mapping[str, bool | str] | None = None,
+        view_labels: Mapping[str, str] | None = None,
         val_fraction: Fraction = 0.0,
         test_fraction: Fraction = 0.0,
         split_seed: int = 42,
@@ -275,6 +285,11 @@ class PairDataModule(L.LightningDataModule):
         self.train_format = train_format
         labels = {"positive": "entailment", "negative": "contradiction", **(triplet_labels or {})}
         self.triplet_labels = {role: normalize_label(label) for role, label in labels.items()}
+        # the evaluation views beside the ten correlations (src/views.py), on val and test
+        # (positive and negative labels: the triplets' unless set)
+        chosen = {role: normalize_label(label) for role, label in (view_labels or {}).items()}
+        self.view_labels = {**self.triplet_labels, **chosen}
+        self.eval_views = resolve_views(views or {}, self.label_map_name, self.label_map, self.view_labels)
         # a split file the user names wins over a carve fraction (which an experiment may have set)
         self.fractions = {name: f for name, f in (("val", val_fraction), ("test", test_fraction)) if f > 0}
         for name in [name for name in self.fractions if self.files[name]]:
@@ -365,6 +380,9 @@ class PairDataModule(L.LightningDataModule):
                 "score": table.score,
                 "label": table.label,
                 "group": table.group,
+                # which pairs share a first or second sentence: the retrieval view's queries and corpus
+                "text_id_a": distinct_text_ids(table.sentence1),
+                "text_id_b": distinct_text_ids(table.sentence2),
             }
         )
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -382,8 +400,17 @@ class PairDataModule(L.LightningDataModule):
         for split in SPLITS:
             if self.files[split]:
                 table = self.load_split_file(split)
+                if split != "train":
+                    self._check_view_labels(split, table, self.files[split])
                 if split == "train" and self.fractions:
-                    self._carve(table)  # an empty carved split fails now, not after the model loads
+                    # an empty carved split, or one lacking a view's labels, fails now, not after the model loads
+                    for carved, indices in self._carve(table).items():
+                        if carved != "train":
+                            source = f"carved from {self.files[split]}"
+                            self._check_view_labels(carved, table.select(indices), source)
+
+    def _check_view_labels(self, split: str, table: datasets.Dataset, source: str) -> None:
+        check_split_labels(split, source, table["label"], self.eval_views, self.view_labels)
 
     def _carve(self, train: datasets.Dataset) -> dict[str, np.ndarray]:
         """Row indices of the train file's carved splits (train, val, test); none may be empty."""
@@ -473,7 +500,14 @@ class PairDataModule(L.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        pairs = TokenizedPairs(self.splits[split])
+        views = () if train else self.eval_views
+        pairs = TokenizedPairs(self.splits[split], PAIR_VIEW_COLUMNS if views else ())
+        pad = self.tokenizer.pad_token_id
+        collate = (
+            LabelledPairCollator(pad, views, self.view_labels["positive"], self.view_labels["negative"])
+            if views
+            else PairCollator(pad)
+        )
         world_size, rank = self._rank()
         sampler = PairBatchSampler(
             pairs.lengths,
@@ -503,7 +537,7 @@ class PairDataModule(L.LightningDataModule):
         return DataLoader(
             pairs,
             batch_sampler=sampler,
-            collate_fn=PairCollator(self.tokenizer.pad_token_id),
+            collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

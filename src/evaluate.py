@@ -1,6 +1,8 @@
 """`python -m src.evaluate model=<x> data.test_file=<file>`: the ten similarity metrics of any model
-on any scored pairs, printed as a table and written to `metrics.json` (`test/...` keys) in this
-evaluation's own run folder (`outputs/evaluate/runs/<time>/`).
+on any scored pairs, and the retrieval and classification views where the data has their labels,
+printed as tables and written to `metrics.json` (`test/...` keys) in this evaluation's own run
+folder (`outputs/evaluate/runs/<time>/`). `data=beir data.path=<folder>`: the retrieval view on a
+BEIR folder (src/beir.py).
 
 `<x>` is anything `src.export.load_model` reads: a sentence-transformers folder, a Lightning
 checkpoint, a plain Hugging Face folder or Hub id. Pairs are read, cleaned and tokenized by the
@@ -23,26 +25,35 @@ register_resolvers()  # before @hydra.main composes the config
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Score `cfg.model.source` on the test split of `cfg.data`. Returns the ten `test/...` metrics."""
+    """Score `cfg.model.source` on the test split of `cfg.data`. Returns the `test/...` metrics of
+    every view the data has."""
     from hydra.utils import instantiate
 
     from src.export import load_model
-    from src.metrics import METRIC_NAMES, metrics_table
     from src.schema import check_config, check_node
+    from src.views import VIEWS, evaluation_tables
 
     check_config(cfg, sections=("trainer",))
     model = load_model(cfg.model.source, cfg.model.pooling, cfg.model.max_seq_length)
-    # the data module tokenizes as the model does
+    # the data module tokenizes as the model does, and reads only the split being scored (a pair
+    # data group's train and val files are dropped)
     from_model = {"tokenizer": model.hparams.name_or_path, "max_seq_length": model.hparams.max_seq_length}
-    check_node("data", {**OmegaConf.to_container(cfg.data, resolve=True), **from_model})
-    datamodule = instantiate(cfg.data, **from_model)
+    unread = {key: None for key in ("train_file", "val_file") if key in cfg.data}
+    check_node("data", {**OmegaConf.to_container(cfg.data, resolve=True), **from_model, **unread})
+    datamodule = instantiate(cfg.data, **from_model, **unread)
     if not datamodule.has_split("test"):
         raise UserInputError("data.test_file: not set; name the file of pairs to score")
     trainer = instantiate(cfg.trainer)
     results = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-    metrics = {f"test/{name}": float(results[f"test/{name}"]) for name in METRIC_NAMES}
+    names = [f"test/{name}" for view in VIEWS for name in view.metric_names]
+    metrics = {name: float(results[name]) for name in names if name in results}
     write_json(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-    print(f"{cfg.model.source} on {cfg.data.test_file}:\n{metrics_table(metrics, prefix='test/')}")
+    tables = [
+        f"{view.title} ({view.evaluator}: {view.description}):\n{table}"
+        for view, table in evaluation_tables(metrics, prefix="test/").items()
+    ]
+    data = cfg.data.get("test_file") or cfg.data.get("path")
+    print(f"{cfg.model.source} on {data}:\n\n" + "\n\n".join(tables))
     return metrics
 
 

@@ -104,10 +104,13 @@ def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     return torch.cat(state) if isinstance(state, list) else state
 
 
-def metrics_table(values: dict[str, float], prefix: str = "", bold: str = "spearman_max") -> str:
-    """The ten metrics (`<prefix><name>` keys of `values`) as a Markdown table, `bold` in bold."""
+def metrics_table(
+    values: dict[str, float], prefix: str = "", bold: str = "spearman_max", names: tuple[str, ...] = METRIC_NAMES
+) -> str:
+    """The metrics `names` (the ten by default; `<prefix><name>` keys of `values`) as a Markdown
+    table, `bold` in bold."""
     rows = ["| Metric | Value |", "|:--|:--|"]
-    for name in METRIC_NAMES:
+    for name in names:
         value = f"{values[prefix + name]:.4f}"
         rows.append(f"| **{name}** | **{value}** |" if name == bold else f"| {name} | {value} |")
     return "\n".join(rows)

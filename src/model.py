@@ -20,6 +20,7 @@ from src.errors import NonFiniteLossError, UserInputError
 from src.metrics import EmbeddingSimilarityMetrics
 from src.pooling import Pooling, pool
 from src.schema import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
+from src.views import EvaluationViews
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ class SentenceEmbeddingModel(L.LightningModule):
     """Mean (or cls/max/mean_sqrt_len) pooled sentence embeddings trained on scored pairs.
 
     Hyperparameters are saved in checkpoints, so `load_from_checkpoint` rebuilds the same model.
-    Validation and test accumulate the ten similarity metrics over the whole split.
+    Validation and test accumulate the ten similarity metrics over the whole split, and the
+    retrieval and classification views where the data's batches carry their columns.
     """
 
     def __init__(
@@ -110,6 +112,8 @@ class SentenceEmbeddingModel(L.LightningModule):
             self.encoder.compile()  # in place: parameter names, and so checkpoints, stay the same
         self.val_metrics = EmbeddingSimilarityMetrics()
         self.test_metrics = EmbeddingSimilarityMetrics()
+        self.val_views = EvaluationViews()
+        self.test_views = EvaluationViews()
 
     @property
     def embedding_dim(self) -> int:
@@ -199,12 +203,17 @@ class SentenceEmbeddingModel(L.LightningModule):
         return None  # Lightning skips backward and the optimizer step
 
     def _eval_step(
-        self, batch: Mapping[str, torch.Tensor], metrics: EmbeddingSimilarityMetrics, stage: str
-    ) -> dict[str, torch.Tensor]:
+        self, batch: Mapping[str, torch.Tensor], metrics: EmbeddingSimilarityMetrics, views: EvaluationViews, stage: str
+    ) -> dict[str, torch.Tensor] | None:
         # scored in fp32 whatever the training precision, so the numbers equal `src.evaluate`'s and
         # sentence-transformers' evaluator's, on any machine
         with torch.autocast(self.device.type, enabled=False):
-            emb_a, emb_b = self.embed_columns(batch)
+            columns = tuple(c for c in ("a", "b") if f"input_ids_{c}" in batch)
+            embeddings = dict(zip(columns, self.embed_columns(batch, columns)))
+        views.update(batch, embeddings)
+        if "score" not in batch:  # retrieval data (a BEIR folder): queries and documents, no scored pairs
+            return None
+        emb_a, emb_b = embeddings["a"], embeddings["b"]
         metrics.update(emb_a, emb_b, batch["score"], batch["index"])
         # evaluation is on scored pairs; a triplet objective has no loss there (and must not gather:
         # ranks may hold different numbers of evaluation batches)
@@ -216,22 +225,23 @@ class SentenceEmbeddingModel(L.LightningModule):
         return {"cosine": cosine, "score": batch["score"], "index": batch["index"]}
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch, self.val_metrics, "val")
+        return self._eval_step(batch, self.val_metrics, self.val_views, "val")
 
     def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._eval_step(batch, self.test_metrics, "test")
+        return self._eval_step(batch, self.test_metrics, self.test_views, "test")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics(self.val_metrics, "val")
+        self._log_metrics(self.val_metrics, self.val_views, "val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics(self.test_metrics, "test")
+        self._log_metrics(self.test_metrics, self.test_views, "test")
 
-    def _log_metrics(self, metrics: EmbeddingSimilarityMetrics, stage: str) -> None:
-        if not metrics.update_called:
-            return
-        values = metrics.compute()  # already gathered over all ranks
-        metrics.reset()
+    def _log_metrics(self, metrics: EmbeddingSimilarityMetrics, views: EvaluationViews, stage: str) -> None:
+        values: dict[str, torch.Tensor] = {}
+        if metrics.update_called:
+            values.update(metrics.compute())  # already gathered over all ranks
+            metrics.reset()
+        values.update(views.compute_and_reset())
         # identical on every rank already; sync_dist only keeps Lightning from warning under DDP
         self.log_dict({f"{stage}/{name}": v for name, v in values.items()}, prog_bar=False, sync_dist=True)
 

@@ -1,7 +1,8 @@
 """The model card (`model/README.md`) of a training run, generated from the run itself.
 
 The sections follow sentence-transformers' generated cards: front matter for the Hub, model
-details and architecture, usage, the ten metrics, the training data (size, token statistics,
+details and architecture, usage, the evaluation (the ten correlations, and the retrieval and
+classification views where the run had them), the training data (size, token statistics,
 label shares, samples), the loss with its parameters and citation (taken from the loss module),
 hyperparameters, the training logs (collected by `TrainingLogs`), versions and citations.
 The layout is the template `src/templates/model_card.md`; every number comes from here.
@@ -20,8 +21,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from omegaconf import DictConfig, OmegaConf
 
 from src.losses import SBERT_CITATION
-from src.metrics import METRIC_NAMES, metrics_table
 from src.tracking import redact_secrets
+from src.views import SIMILARITY, VIEWS, evaluation_tables
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATS_ROWS = 1000  # token statistics and label shares over the first rows, as sentence-transformers
@@ -39,7 +40,8 @@ FRAMEWORKS = {
 
 class TrainingLogs(L.Callback):
     """Rows of the card's training-logs table: at each validation while fitting, the epoch, the
-    optimizer step, the mean training loss since the previous validation and `val/spearman_max`.
+    optimizer step, the mean training loss since the previous validation, `val/spearman_max` and,
+    where the retrieval view ran, `val/retrieval_ndcg@10`.
 
     Its rows are saved in checkpoints, so a resumed run's card still lists the earlier ones.
     """
@@ -60,11 +62,13 @@ class TrainingLogs(L.Callback):
             return
         steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
         spearman = trainer.callback_metrics.get("val/spearman_max")
+        ndcg = trainer.callback_metrics.get("val/retrieval_ndcg@10")
         self.rows.append({
             "epoch": trainer.global_step / steps_per_epoch,
             "step": trainer.global_step,
             "training_loss": sum(self._losses) / len(self._losses) if self._losses else None,
             "spearman_max": float(spearman) if spearman is not None else None,
+            "ndcg": float(ndcg) if ndcg is not None else None,
         })
         self._losses = []
 
@@ -177,8 +181,8 @@ def render_model_card(
     columns = {"a": data_columns.sentence1, "b": data_columns.sentence2, "c": "negative"}
     dataset_name = Path(str(cfg.data.train_file)).name
     val_name = Path(str(cfg.data.val_file)).name if cfg.data.get("val_file") else f"{dataset_name} (held out)"
-    val = {name: metrics[f"val/{name}"] for name in METRIC_NAMES if f"val/{name}" in metrics}
-    test = {name: metrics[f"test/{name}"] for name in METRIC_NAMES if f"test/{name}" in metrics}
+    val_tables, test_tables = evaluation_tables(metrics, "val/"), evaluation_tables(metrics, "test/")
+    scored_views = [view for view in VIEWS if view in val_tables or view in test_tables]
     stats = _column_stats(train_split, columns, model.tokenizer)
     samples = stats["samples"]
 
@@ -188,7 +192,7 @@ def render_model_card(
         "base_model": _hub_id(base),
         "pipeline_tag": "sentence-similarity",
         "library_name": "sentence-transformers",
-        "metrics": list(METRIC_NAMES),
+        "metrics": [name for view in dict.fromkeys([SIMILARITY, *scored_views]) for name in view.metric_names],
         "widget": [
             {"source_sentence": row[0], "sentences": [other[1] for other in samples[i:] + samples[:i]]}
             for i, row in enumerate(samples)
@@ -196,15 +200,15 @@ def render_model_card(
     }
     if front_matter["base_model"] is None:
         del front_matter["base_model"]
-    if val:
+    if val_tables:
         front_matter["model-index"] = [{
             "name": f"SentenceTransformer based on {base}",
             "results": [{
-                "task": {"type": "semantic-similarity", "name": "Semantic Similarity"},
+                "task": {"type": view.task_type, "name": view.title},
                 "dataset": {"name": val_name, "type": val_name},
-                "metrics": [{"type": name, "value": value, "name": name.replace("_", " ").title()}
-                            for name, value in val.items()],
-            }],
+                "metrics": [{"type": name, "value": metrics[f"val/{name}"], "name": name.replace("_", " ").title()}
+                            for name in view.metric_names],
+            } for view in val_tables],
         }]
     non_default, every = hyperparameters(cfg)
     architecture = (
@@ -225,9 +229,11 @@ def render_model_card(
         architecture=architecture,
         usage_sentences=[row[0] for row in samples][:3],
         val_name=val_name,
-        val_table=metrics_table(val) if len(val) == len(METRIC_NAMES) else None,
         test_name=Path(str(cfg.data.test_file)).name if cfg.data.get("test_file") else f"{dataset_name} (held out)",
-        test_table=metrics_table(test) if len(test) == len(METRIC_NAMES) else None,
+        evaluation=[
+            {"view": view, "val_table": val_tables.get(view), "test_table": test_tables.get(view)}
+            for view in scored_views
+        ],
         dataset_name=dataset_name,
         dataset_size=len(train_split),
         stats=stats,
@@ -239,6 +245,7 @@ def render_model_card(
         non_default=non_default,
         every=every,
         logs=logs,
+        logs_ndcg=any(row.get("ndcg") is not None for row in logs),  # older checkpoints' rows have no ndcg
         versions={name: v for name, package in FRAMEWORKS.items() if (v := _version(package))},
         sbert_citation=SBERT_CITATION,
     )

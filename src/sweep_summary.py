@@ -52,11 +52,11 @@ def summarize_sweep(sweep_dir: Path, metric: str, maximize: bool = True) -> pd.D
 
 def to_markdown(table: pd.DataFrame, metric: str) -> str:
     """The table for reading: only the overrides that differ between jobs, and the optimized
-    metric plus the Spearman correlations (the CSV holds everything)."""
+    metric plus the Spearman correlations and retrieval nDCG@10 (the CSV holds everything)."""
     overrides = list(table.columns[1 : table.columns.get_loc("status")])
     swept = [c for c in overrides if table[c].nunique(dropna=False) > 1]
     common = [f"{c}={table[c].iloc[0]}" for c in overrides if c not in swept]
-    metrics = [metric] + [c for c in table.columns if c != metric and c.endswith(("spearman_cosine", "spearman_max"))]
+    metrics = [metric] + [c for c in table.columns if c != metric and c.endswith(("spearman_cosine", "spearman_max", "retrieval_ndcg@10"))]
     shown = table[["job", *swept, "status", *metrics]]
 
     def cell(value: Any) -> str:

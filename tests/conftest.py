@@ -63,3 +63,4 @@ def tiny_overrides(tiny_bert) -> list[str]:
         "trainer.max_steps=6",
         "data.eval_batch_size=32",
     ]
+

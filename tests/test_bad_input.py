@@ -16,9 +16,9 @@ from transformers import AutoModel
 
 from src.config import PROJECT_ROOT, compose_config
 from src.data import PairColumns, read_pairs, resolve_label_map
-from src.errors import user_error_behind
+from src.errors import UserInputError, user_error_behind
 from src.train import train
-from tests.helpers import write_jsonl
+from tests.helpers import write_beir_folder, write_jsonl
 
 SIMILARITY = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
 
@@ -234,3 +234,85 @@ def test_a_file_with_a_byte_order_mark_reads_as_its_columns(tmp_path, suffix):
     path.write_bytes("\ufeff".encode() + text.encode())
     table = read_pairs(path, PairColumns(), resolve_label_map("similarity", {"similarity": SIMILARITY}))
     assert table.sentence1 == [r["translation1"] for r in rows] and table.score == [1.0, 0.5, 0.0] * 2
+
+
+# -- evaluation views and BEIR folders ---------------------------------------------------------------
+
+def test_an_evaluation_split_without_positive_pairs(tmp_path, tiny_overrides, no_model_load):
+    train_file = write_jsonl(tmp_path / "train.jsonl", good_rows(30))
+    val_file = write_jsonl(tmp_path / "val.jsonl", [pair(i, ["neutral", "contradiction"][i % 2]) for i in range(6)])
+    message = user_error(tmp_path, tiny_overrides, f"data.train_file={train_file}", f"data.val_file={val_file}",
+                         "data.val_fraction=0", "data.test_fraction=0")
+    assert message == (
+        f"data.views.retrieval: the val split ({val_file}) has no pair labelled 'entailment' (found 'neutral' x3, "
+        "'contradiction' x3); name its positive label in data.view_labels.positive, or set data.views.retrieval=false"
+    )
+
+
+def test_a_carved_split_without_negative_pairs(tmp_path, tiny_overrides, no_model_load):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [pair(i, ["entailment", "neutral"][i % 2]) for i in range(40)])
+    message = user_error(tmp_path, tiny_overrides, f"data.train_file={path}", "data.views.retrieval=false")
+    assert message.startswith(f"data.views.classification: the val split (carved from {path}) has no pair labelled "
+                              "'contradiction' (found ")
+
+
+def test_a_view_on_numeric_scores(tmp_path, tiny_overrides, no_model_load):
+    path = write_jsonl(tmp_path / "sts.jsonl", [pair(i, str(i % 5)) for i in range(30)])
+    message = user_error(tmp_path, tiny_overrides, f"data.train_file={path}", "data.label_map=float",
+                         "data.views.retrieval=true")
+    assert message == ("data.views.retrieval: needs positive pairs, but data.label_map='float' passes numeric scores, "
+                       "not class labels; set data.views.retrieval=false")
+
+
+def test_an_unknown_view(tmp_path, tiny_overrides, no_model_load):
+    message = user_error(tmp_path, tiny_overrides, "+data.views.ranking=true")
+    assert message == "data.views.ranking: unknown view; known: retrieval, classification"
+
+
+@pytest.mark.parametrize("missing", ["qrels/test.tsv", "data.path"])
+def test_a_beir_folder_missing_a_file_or_not_named(tmp_path, tiny_bert, missing):
+    from src.evaluate import evaluate
+
+    folder = write_beir_folder(tmp_path / "beir")
+    (folder / "qrels" / "test.tsv").unlink()
+    path = [f"data.path={folder}"] if missing != "data.path" else []
+    cfg = compose_config([f"model.source={tiny_bert}", "data=beir", *path, "trainer.enable_progress_bar=false"],
+                         tmp_path / "eval", config_name="evaluate")
+    with pytest.raises(Exception) as info:
+        evaluate(cfg)
+    assert str(user_error_behind(info.value)) == (
+        f"data.path: {folder} has no qrels/test.tsv (a BEIR folder holds corpus.jsonl, queries.jsonl and "
+        "qrels/<split>.tsv)" if missing != "data.path" else
+        "data.path: not set; name the BEIR folder to score (data.path=<folder>)"
+    )
+
+
+@pytest.mark.parametrize("qrel, message", [
+    ("q0\tnope\t1", "row 2: column 'corpus-id': 'nope' is not an _id of corpus.jsonl"),
+    ("nope\tdoc0\t1", "row 2: column 'query-id': 'nope' is not an _id of queries.jsonl"),
+    ("q0\tdoc0\thigh", "row 2: column 'score': 'high' is not a number"),
+])
+def test_beir_qrels_naming_unknown_ids(tmp_path, qrel, message):
+    from src.beir import read_beir
+
+    folder = write_beir_folder(tmp_path / "beir")
+    qrels = folder / "qrels" / "test.tsv"
+    header, first, *rest = qrels.read_text(encoding="utf-8").splitlines()
+    qrels.write_text("\n".join([header, first, qrel, *rest]) + "\n", encoding="utf-8")
+    with pytest.raises(UserInputError) as info:
+        read_beir(folder)
+    assert str(info.value) == f"{qrels}: {message}"
+
+
+def test_beir_corpus_rows_without_an_id_or_with_a_repeated_one(tmp_path):
+    from src.beir import read_beir
+
+    folder = write_beir_folder(tmp_path / "beir")
+    corpus = folder / "corpus.jsonl"
+    lines = corpus.read_text(encoding="utf-8").splitlines()
+    corpus.write_text("\n".join(lines + [lines[0]]) + "\n", encoding="utf-8")
+    with pytest.raises(UserInputError, match=rf"^{corpus}: row {len(lines) + 1}: _id 'doc0' is already the _id of row 1$"):
+        read_beir(folder)
+    corpus.write_text('{"text": "no id"}\n', encoding="utf-8")
+    with pytest.raises(UserInputError, match=rf"^{corpus}: row 1: no field '_id' \(fields: text\)$"):
+        read_beir(folder)

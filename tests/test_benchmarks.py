@@ -4,9 +4,16 @@ import importlib.util
 from src.config import PROJECT_ROOT
 from tests.helpers import DEMO_PAIRS
 
-spec = importlib.util.spec_from_file_location("vs_st", PROJECT_ROOT / "benchmarks" / "vs_sentence_transformers.py")
-vs_st = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(vs_st)
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+vs_st = load_benchmark("vs_sentence_transformers")
+objectives = load_benchmark("objectives")
 
 
 def test_useful_flops_counts_the_encoder_layers_matmul_weights(tiny_bert):
@@ -103,9 +110,7 @@ def test_only_names_a_system_that_exists(monkeypatch):
         vs_st.main()
 
 
-profile_spec = importlib.util.spec_from_file_location("gpu_profile", PROJECT_ROOT / "benchmarks" / "gpu_profile.py")
-gpu_profile = importlib.util.module_from_spec(profile_spec)
-profile_spec.loader.exec_module(gpu_profile)
+gpu_profile = load_benchmark("gpu_profile")
 
 
 def test_profile_reads_gpu_busy_time_phases_and_syncs_from_a_cuda_trace(tmp_path):
@@ -146,3 +151,18 @@ def test_profile_reads_gpu_busy_time_phases_and_syncs_from_a_cuda_trace(tmp_path
     assert summary["syncs_per_step"] == 0.5
     assert summary["syncs_by_caller"] == {
         "cudaStreamSynchronize < aten::_local_scalar_dense < aten::item < aten::is_nonzero < phase:forward": 0.5}
+
+
+def test_objectives_table_puts_held_out_spearman_and_ndcg_side_by_side():
+    key = objectives.run_key
+    runs = {key("base", None, None): {"metrics": {"val/spearman_cosine": 0.15}}}  # recorded before nDCG@10 was
+    for lr, seed, spearman, ndcg in [(5e-5, 42, 0.2, 0.4), (2e-4, 42, 0.3, 0.5), (2e-4, 43, 0.1, 0.3)]:
+        runs[key("cosent", lr, seed)] = {"metrics": {"val/spearman_cosine": spearman, "val/retrieval_ndcg@10": ndcg}}
+    setup = {"train_pairs": 1597, "heldout_pairs": 402, "epochs": 3, "batch_size": 32, "max_seq_length": 128,
+             "precision": "32-true"}
+    rows, markdown = objectives.summarize({"runs": runs, "setup": setup}, [5e-5, 2e-4], [42, 43])
+    assert "| objective | sentence-transformers loss | lr | seeds | held-out spearman_cosine | held-out retrieval_ndcg@10 |" in markdown
+    assert "| base model (no training) | - | - | 1 | 0.1500 | - |" in markdown
+    # the best rate by the first seed's Spearman (2e-4), over both seeds
+    assert "| cosent | CoSENTLoss | 0.0002 | 2 | 0.2000 ± 0.1414 | 0.4000 ± 0.1414 |" in markdown
+    assert rows[1]["retrieval_ndcg@10"] == [0.5, 0.3]

@@ -1,4 +1,5 @@
-"""DDP on 2 CPU processes (gloo): metrics equal a single-process validation, children stay in their job."""
+"""DDP on 2 CPU processes (gloo): metrics (all three views) equal a single-process validation,
+children stay in their job."""
 import json
 import os
 import subprocess
@@ -7,12 +8,14 @@ import sys
 import pytest
 
 from src.config import PROJECT_ROOT, compose_config
-from src.metrics import METRIC_NAMES
+from src.views import VIEWS
 
 
 def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overrides):
     """Two DDP jobs in one multirun. The 54 validation pairs fit one eval batch of 64, fewer
-    batches than ranks: every rank must still get one, or DDP hangs."""
+    batches than ranks: every rank must still get one, or DDP hangs. The retrieval and
+    classification views are gathered from both ranks: each rank scores half the pairs, and every
+    query is ranked against the documents of both."""
     sweep = tmp_path / "sweep"
     data = ["data.eval_batch_size=64", f"paths.cache_dir={tmp_path / 'cache'}"]
     result = subprocess.run(
@@ -39,8 +42,65 @@ def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overri
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         use_distributed_sampler=False)
     single = trainer.validate(instantiate(cfg.model), datamodule=instantiate(cfg.data), ckpt_path=str(best))[0]
-    for name in METRIC_NAMES:
+    for name in (name for view in VIEWS for name in view.metric_names):
         assert ddp_metrics[f"val/{name}"] == pytest.approx(single[f"val/{name}"], abs=1e-5), name
+
+
+def _views(batches: list[dict]) -> dict[str, float]:
+    """Both view metrics over some batches (small blocks, so the gathered corpus spans several)."""
+    from src.classification import PairClassificationMetrics
+    from src.retrieval import RetrievalMetrics
+
+    retrieval, classification = RetrievalMetrics(query_block=16, document_block=64), PairClassificationMetrics()
+    for batch in batches:
+        retrieval.update(*batch["retrieval"])
+        classification.update(*batch["classification"])
+    return {name: float(value) for name, value in {**retrieval.compute(), **classification.compute()}.items()}
+
+
+def _views_on_rank(rank: int, world_size: int, port: int, shards: list[list[dict]], out) -> None:
+    """One DDP process: its shard of the batches, the numbers computed over all ranks."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    values = _views(shards[rank])
+    if rank == 0:
+        torch.save(values, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_views_gathered_over_two_processes_equal_one_process(tmp_path):
+    """Uneven shards, a rank without a single query (as a BEIR rank given only documents), and
+    rows repeated on both ranks: the gathered numbers are the single process's."""
+    import socket
+
+    import torch
+    import torch.multiprocessing
+
+    generator = torch.Generator().manual_seed(0)
+    queries, documents = torch.randn(40, 8, generator=generator), torch.randn(200, 8, generator=generator)
+    relevant = torch.stack([torch.arange(40).repeat(2), torch.randint(0, 200, (80,), generator=generator)], dim=1)
+    emb_a, emb_b = torch.randn(150, 8, generator=generator), torch.randn(150, 8, generator=generator)
+    labels = torch.randint(-1, 2, (150,), generator=generator)
+
+    def batch(query_rows: range, document_rows: range, relevant_rows: range, pair_rows: range) -> dict:
+        q, d, r, p = (torch.tensor(rows, dtype=torch.long) for rows in (query_rows, document_rows, relevant_rows, pair_rows))
+        return {"retrieval": (queries[q], q, q, documents[d], d, d, relevant[r]),
+                "classification": (emb_a[p], emb_b[p], labels[p], p)}
+
+    rank0 = [batch(range(40), range(120), range(80), range(100))]
+    rank1 = [batch(range(0), range(110, 200), range(0), range(90, 150)),
+             batch(range(0), range(5), range(70, 80), range(3))]  # repeats of rank 0's rows
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torch.multiprocessing.spawn(_views_on_rank, args=(2, port, [rank0, rank1], tmp_path / "ddp.pt"), nprocs=2)
+    gathered = torch.load(tmp_path / "ddp.pt")
+    single = _views([batch(range(40), range(200), range(80), range(150))])
+    assert len(gathered) == 9 and gathered == pytest.approx(single, abs=1e-12)
+    assert single["retrieval_recall@10"] > 0  # not all-zero by accident
 
 
 @pytest.mark.parametrize(

@@ -1,22 +1,10 @@
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
 from src.metrics import METRIC_NAMES, EmbeddingSimilarityMetrics, average_ranks, nan_safe_max, pearson, spearman
-
-
-class FrozenEmbeddings:
-    """Stands in for a SentenceTransformer whose `encode` returns fixed embeddings."""
-
-    def __init__(self, lookup: dict[str, torch.Tensor]) -> None:
-        self.lookup = lookup
-        self.model_card_data = SimpleNamespace(set_evaluation_metrics=lambda *args: None)
-
-    def encode(self, sentences: list[str], **kwargs) -> np.ndarray:
-        return torch.stack([self.lookup[s] for s in sentences]).numpy()
+from tests.helpers import FrozenEmbeddings
 
 
 def _evaluator_metrics(emb_a: torch.Tensor, emb_b: torch.Tensor, scores: torch.Tensor) -> dict[str, float]:

@@ -9,12 +9,14 @@ from hydra.utils import instantiate
 
 from src.config import compose_config
 from src.losses import CoSENTLoss
-from src.metrics import METRIC_NAMES
 from src.train import train
+from src.views import VIEWS
 
 SECTIONS = [
     "# SentenceTransformer based on", "## Model Details", "### Model Description", "### Full Model Architecture",
-    "## Usage", "## Evaluation", "#### Semantic Similarity", "## Training Details", "### Training Dataset",
+    "## Usage", "## Evaluation", "#### Semantic Similarity", "#### Information Retrieval", "#### Binary Classification",
+    "* Evaluated with `InformationRetrievalEvaluator`", "* Evaluated with `BinaryClassificationEvaluator`",
+    "## Training Details", "### Training Dataset",
     "* Samples:", "* Loss: `CoSENTLoss`", "#### Non-Default Hyperparameters", "#### All Hyperparameters",
     "### Training Logs", "### Framework Versions", "## Citation", "#### Sentence Transformers", "#### CoSENTLoss",
 ]
@@ -54,17 +56,23 @@ def test_card_has_every_section_and_the_runs_numbers(card_run):
     assert f"* Size: {size} training samples" in body
     assert (front["pipeline_tag"], front["library_name"]) == ("sentence-similarity", "sentence-transformers")
     assert "base_model" not in front  # a local base folder has no Hub id
-    assert front["metrics"] == list(METRIC_NAMES)
+    # the demo data has NLI labels: the retrieval and classification views beside the ten correlations
+    names = [name for view in VIEWS for name in view.metric_names]
+    assert front["metrics"] == names and len(names) == 10 + 6 + 3
     assert len(front["widget"]) == 3 and all(len(w["sentences"]) == 3 for w in front["widget"])
     assert front["widget"][0]["source_sentence"] in body  # also a training sample below
 
-    index = front["model-index"][0]["results"][0]["metrics"]
-    assert {m["type"]: m["value"] for m in index} == {name: metrics[f"val/{name}"] for name in METRIC_NAMES}
-    for stage in ("val", "test"):
-        for name in METRIC_NAMES:
-            value = f"{metrics[f'{stage}/{name}']:.4f}"
-            row = f"| **{name}** | **{value}** |" if name == "spearman_max" else f"| {name} | {value} |"
-            assert row in body, (stage, row)
+    results = front["model-index"][0]["results"]
+    assert [r["task"]["type"] for r in results] == ["semantic-similarity", "information-retrieval", "binary-classification"]
+    for result, view in zip(results, VIEWS):
+        assert {m["type"]: m["value"] for m in result["metrics"]} == {n: metrics[f"val/{n}"] for n in view.metric_names}
+    for view in VIEWS:
+        section = body.split(f"#### {view.title}")[1].split("####")[0]
+        for stage in ("val", "test"):
+            for name in view.metric_names:
+                value = f"{metrics[f'{stage}/{name}']:.4f}"
+                row = f"| **{name}** | **{value}** |" if name == view.primary else f"| {name} | {value} |"
+                assert row in section, (stage, row)
 
     # the architecture and model details describe the exported model
     assert "Transformer({'max_seq_length': 64, 'do_lower_case': False, 'architecture': 'BertModel'})" in body
@@ -93,6 +101,7 @@ def test_card_has_every_section_and_the_runs_numbers(card_run):
     assert [int(r[1]) for r in rows] == [2, 4]
     assert all(float(r[2]) > 0 for r in rows)  # a mean training loss at each
     assert f"{metrics['val/spearman_max']:.4f}" in [r[3].strip() for r in rows]
+    assert f"{metrics['val/retrieval_ndcg@10']:.4f}" in [r[4].strip() for r in rows]
 
     versions = body.split("### Framework Versions")[1].split("##")[0]
     for name in ("Python", "Transformers", "PyTorch", "Lightning", "Datasets", "Tokenizers"):

@@ -79,13 +79,15 @@ def _job(sweep, name: str, overrides: list[str], metrics: dict | None) -> None:
 @pytest.mark.parametrize("maximize", [True, False])
 def test_summary_orders_best_first_and_lists_failed_jobs_last(tmp_path, maximize):
     for name, lr, score in [("0", "1e-5", 0.2), ("1", "2e-5", 0.5), ("2", "3e-5", None), ("10", "4e-5", 0.3)]:
-        metrics = None if score is None else {"val/spearman_cosine": score, "test/spearman_cosine": score / 2}
+        metrics = None if score is None else {"val/spearman_cosine": score, "test/spearman_cosine": score / 2,
+                                              "val/retrieval_ndcg@10": score + 0.1, "val/retrieval_mrr@10": score}
         _job(tmp_path, name, ["+experiment=demo", f"model.lr={lr}"], metrics)
     table = summarize_sweep(tmp_path, "val/spearman_cosine", maximize=maximize)
     assert list(table["job"]) == (["1", "10", "0", "2"] if maximize else ["0", "10", "1", "2"])
     assert list(table.columns) == ["job", "experiment", "model.lr", "status", "val/spearman_cosine",
-                                   "test/spearman_cosine"]
+                                   "val/retrieval_mrr@10", "val/retrieval_ndcg@10", "test/spearman_cosine"]
     assert table["status"].iloc[-1] == "failed"
     markdown = to_markdown(table, "val/spearman_cosine")
     assert "Common overrides: `experiment=demo`" in markdown
-    assert "| job | model.lr | status | val/spearman_cosine | test/spearman_cosine |" in markdown
+    # held-out Spearman and nDCG@10 side by side; the CSV holds every metric
+    assert "| job | model.lr | status | val/spearman_cosine | val/retrieval_ndcg@10 | test/spearman_cosine |" in markdown

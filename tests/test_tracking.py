@@ -122,6 +122,7 @@ def test_offline_run_holds_config_metrics_pairs_and_model(tmp_path, tiny_overrid
     assert run["config"]["model"]["lr"] == 3e-5 and run["config"]["seed"] == 42
     assert run["config"]["data"]["tokenizer"] != REDACTED
     assert {"train/loss", "train/lr/pg1", "val/spearman_cosine", "val/pearson_max", "test/spearman_cosine",
+            "val/retrieval_ndcg@10", "test/retrieval_ndcg@10", "val/classification_ap", "test/classification_ap",
             "val/pairs/_type", "val/pairs_scatter_table/_type", "trainer/global_step"} <= run["history"]
     assert ("model", f"model-{run['id']}") in run["artifacts"]
     assert (run_dir / "model" / "modules.json").is_file()
