@@ -32,7 +32,7 @@ def prepare(pairs_file: Path, cache_dir: Path) -> dict[str, float]:
     start = time.perf_counter()
     from hydra.utils import instantiate
 
-    import src.data  # noqa: F401
+    import src.data.datamodule  # noqa: F401
     from src.config import compose_config
 
     imported = time.perf_counter()

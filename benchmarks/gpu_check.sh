@@ -179,7 +179,7 @@ import importlib.metadata as md
 
 import datasets, hydra, omegaconf  # noqa: F401
 
-import src.data, src.model, src.train  # noqa: F401  (the project, importable from the repo root)
+import src.data.datamodule, src.model, src.train  # noqa: F401  (the project, importable from the repo root)
 
 for name in ("hydra-core", "omegaconf", "antlr4-python3-runtime", "datasets", "dill", "multiprocess", "fsspec",
              "pyarrow", "huggingface_hub", "transformers", "sentence-transformers", "lightning", "torch"):
@@ -201,7 +201,7 @@ import json
 import os
 from pathlib import Path
 
-from src.data import split_by_group
+from src.data.files import split_by_group
 
 assert filecmp.cmp(os.environ["SHARED"], ".gpu_data/HebNLI_val.jsonl", shallow=False), "the shared file differs from .gpu_data's"
 print("shared file in place:", os.environ["SHARED"])

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from src.config import PROJECT_ROOT
-from src.data import PairColumns, read_pairs, resolve_label_map, split_by_group
+from src.data.files import PairColumns, read_pairs, resolve_label_map, split_by_group
 
 SHARED = PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -209,7 +209,7 @@ def run_ours(train: Path, held_out: Path, work: Path, setup: argparse.Namespace,
     datamodule.prepare_data()
     model = instantiate(cfg.model)
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, callbacks=[])
-    meter = EncoderMeter(model.encoder)
+    meter = EncoderMeter(model.encoder.transformer)
     trainer.fit(model, datamodule=datamodule)
     result = meter.stop(setup.device)
     result["pairs"] = len(datamodule.splits["train"])
@@ -217,7 +217,7 @@ def run_ours(train: Path, held_out: Path, work: Path, setup: argparse.Namespace,
     # Lightning moves the model to the CPU when fitting ends; scored there, a GPU run's held-out
     # part would take minutes with mbert-size (sentence-transformers' model stays on the GPU)
     model.to(setup.device)
-    result["spearman_cosine"] = held_out_spearman(model.encode, held_out)
+    result["spearman_cosine"] = held_out_spearman(model.encoder.encode, held_out)
     return result
 
 

@@ -4,7 +4,7 @@ printed as tables and written to `metrics.json` (`test/...` keys) in this evalua
 folder (`outputs/evaluate/runs/<time>/`). `data=beir data.path=<folder>`: the retrieval view on a
 BEIR folder (src/beir.py).
 
-`<x>` is anything `src.export.load_model` reads: a sentence-transformers folder, a Lightning
+`<x>` is anything `src.sources.load_model` reads: a sentence-transformers folder, a Lightning
 checkpoint, a plain Hugging Face folder or Hub id. Pairs are read, cleaned and tokenized by the
 training DataModule and scored by the LightningModule's test step, so the numbers are the ones a
 training run reports for the same model and file.
@@ -29,8 +29,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     every view the data has."""
     from hydra.utils import instantiate
 
-    from src.export import load_model
     from src.schema import check_config, check_node
+    from src.sources import load_model
     from src.views import VIEWS, evaluation_tables
 
     check_config(cfg, sections=("trainer",))

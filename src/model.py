@@ -5,74 +5,20 @@ from typing import Any, Literal, Mapping
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedTokenizerBase,
-    get_scheduler,
-)
+from transformers import get_scheduler
 
+from src.data.columns import text_columns
+from src.encoder import SentenceEncoder
 from src.errors import NonFiniteLossError, UserInputError
 from src.metrics import EmbeddingSimilarityMetrics
-from src.pooling import Pooling, pool
+from src.pooling import Pooling
 from src.schema import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from src.views import EvaluationViews
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOSS = {"_target_": "src.losses.CosineSimilarityLoss"}
-
-
-def _not_found(name_or_path: str, error: Exception) -> UserInputError:
-    return UserInputError(
-        f"model.name_or_path: cannot load {name_or_path!r} ({type(error).__name__}); it is not a local "
-        "folder, and the Hugging Face Hub is unreachable or has no such model. Point model.name_or_path "
-        "at a local model folder (e.g. one saved with save_pretrained)"
-    )
-
-
-def load_tokenizer(name_or_path: str, max_seq_length: int, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The model's fast tokenizer; its `model_max_length` set to `max_seq_length`."""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise _not_found(name_or_path, e) from None
-    tokenizer.model_max_length = max_seq_length
-    return tokenizer
-
-
-def check_encoder_config(name_or_path: str, max_seq_length: int, trust_remote_code: bool = False) -> PretrainedConfig:
-    """The encoder's config, checked against the model settings. Reads only the config file, so a
-    run calls it before any data work: a bad name or length fails in seconds."""
-    try:
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise _not_found(name_or_path, e) from None
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is not None and max_seq_length > limit:
-        raise UserInputError(
-            f"model.max_seq_length: {max_seq_length} is above {name_or_path!r}'s position limit of {limit}"
-        )
-    return config
-
-
-def load_encoder(name_or_path: str, max_seq_length: int, trust_remote_code: bool = False) -> torch.nn.Module:
-    """The bare encoder, without a task head or (for BERT) the pooler.
-
-    BERT's pooler is unused by mean/cls/max pooling; loading it would leave parameters without
-    gradients, which DDP rejects, and newly initialised weights in the export.
-    """
-    config = check_encoder_config(name_or_path, max_seq_length, trust_remote_code=trust_remote_code)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "attn_implementation": "sdpa"}
-    if config.model_type == "bert":
-        kwargs["add_pooling_layer"] = False
-    encoder = AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
-    # Hugging Face models load in eval mode; without this, dropout is silently off in training
-    return encoder.train()
 
 
 class SentenceEmbeddingModel(L.LightningModule):
@@ -102,73 +48,16 @@ class SentenceEmbeddingModel(L.LightningModule):
         nonfinite_loss: Literal["error", "skip"] = "error",
     ) -> None:
         super().__init__()
-        check_encoder_config(name_or_path, max_seq_length, trust_remote_code)
         self.save_hyperparameters()
-        self.encoder = load_encoder(name_or_path, max_seq_length, trust_remote_code)
+        self.encoder = SentenceEncoder(name_or_path, pooling, max_seq_length, normalize, sentences_per_pass, trust_remote_code)
         self.nonfinite_skipped = 0
-        self.tokenizer = load_tokenizer(name_or_path, max_seq_length, trust_remote_code)
         self.loss_fn = instantiate(dict(loss or DEFAULT_LOSS))
         if compile:
-            self.encoder.compile()  # in place: parameter names, and so checkpoints, stay the same
+            self.encoder.transformer.compile()  # in place: parameter names, and so checkpoints, stay the same
         self.val_metrics = EmbeddingSimilarityMetrics()
         self.test_metrics = EmbeddingSimilarityMetrics()
         self.val_views = EvaluationViews()
         self.test_views = EvaluationViews()
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.encoder.config.hidden_size
-
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Sentence embeddings `[N, dim]` of a padded batch of token ids."""
-        tokens = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        embeddings = pool(tokens, attention_mask, self.hparams.pooling)
-        return F.normalize(embeddings, dim=-1) if self.hparams.normalize else embeddings
-
-    @property
-    def sentences_per_pass(self) -> int | None:
-        """How many sentences go through the encoder at once; None: the whole batch in one pass.
-
-        `auto`: one pass on accelerators, where one large launch beats several small ones; 8 on
-        the CPU, where compute is the cost and the padding is what shorter passes save: a batch
-        of 16 pairs in passes of 8 length-sorted sentences pads 10% of its tokens instead of 29%
-        in one pass, and attention works on shorter rows; in fp32 on a 2-core CPU that trains at
-        1.33x the one-pass speed with 40% less peak memory (on a CPU with AMX, in bf16, at 0.92x;
-        benchmarks/results/vs_sentence_transformers*.md).
-        """
-        setting = self.hparams.sentences_per_pass
-        if setting == "auto":
-            return 8 if self.device.type == "cpu" else None
-        return setting
-
-    def embed_columns(self, batch: Mapping[str, torch.Tensor], columns: tuple[str, ...] = ("a", "b")) -> list[torch.Tensor]:
-        """Embeddings `[batch, dim]` of each text column of a batch from `PairCollator`.
-
-        All the batch's sentences are sorted by length and encoded `sentences_per_pass` at a time,
-        each pass padded to its own longest: every sentence's embedding is the same as in one
-        pass (the mask hides padding), only the padded work shrinks.
-        """
-        ids = [batch[f"input_ids_{c}"] for c in columns]
-        masks = [batch[f"attention_mask_{c}"] for c in columns]
-        longest = max(i.shape[1] for i in ids)
-        # what fills padded positions is irrelevant: the mask hides them from attention and pooling
-        input_ids = torch.cat([F.pad(i, (0, longest - i.shape[1])) for i in ids])
-        attention_mask = torch.cat([F.pad(m, (0, longest - m.shape[1])) for m in masks])
-        per_pass = self.sentences_per_pass
-        if per_pass is None or per_pass >= len(input_ids):
-            embeddings = self.embed(input_ids, attention_mask)
-        else:
-            lengths = attention_mask.sum(dim=1).tolist()  # on the host: passes are sliced by it
-            order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
-            passes = []
-            for start in range(0, len(order), per_pass):
-                rows = torch.tensor(order[start : start + per_pass], device=input_ids.device)
-                width = lengths[order[start]]
-                passes.append(self.embed(input_ids[rows, :width], attention_mask[rows, :width]))
-            restore = torch.empty(len(order), dtype=torch.long, device=input_ids.device)
-            restore[torch.tensor(order, device=input_ids.device)] = torch.arange(len(order), device=input_ids.device)
-            embeddings = torch.cat(passes)[restore]
-        return list(embeddings.split([len(i) for i in ids]))
 
     def on_fit_start(self) -> None:
         data_format = getattr(self.trainer.datamodule, "train_format", "pairs")
@@ -180,8 +69,7 @@ class SentenceEmbeddingModel(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # (a, b) scored pairs, or (anchor, positive) triplets with hard negatives in `c` when the batch has any
-        columns = tuple(sorted(key[len("input_ids_") :] for key in batch if key.startswith("input_ids_")))
-        embeddings = self.embed_columns(batch, columns)
+        embeddings = self.encoder.embed_columns(batch, text_columns(batch))
         loss = self.loss_fn(embeddings, batch.get("score"))
         if not torch.isfinite(loss):
             return self._nonfinite_loss(loss)
@@ -208,8 +96,8 @@ class SentenceEmbeddingModel(L.LightningModule):
         # scored in fp32 whatever the training precision, so the numbers equal `src.evaluate`'s and
         # sentence-transformers' evaluator's, on any machine
         with torch.autocast(self.device.type, enabled=False):
-            columns = tuple(c for c in ("a", "b") if f"input_ids_{c}" in batch)
-            embeddings = dict(zip(columns, self.embed_columns(batch, columns)))
+            columns = text_columns(batch)
+            embeddings = dict(zip(columns, self.encoder.embed_columns(batch, columns)))
         views.update(batch, embeddings)
         if "score" not in batch:  # retrieval data (a BEIR folder): queries and documents, no scored pairs
             return None
@@ -279,25 +167,3 @@ class SentenceEmbeddingModel(L.LightningModule):
         # logged by LearningRateMonitor as train/lr/pg1 (decayed parameters) and train/lr/pg2
         schedule = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
-
-    @torch.inference_mode()
-    def encode(self, sentences: list[str], batch_size: int = 64) -> torch.Tensor:
-        """Embeddings `[len(sentences), dim]` on the CPU, in input order, as the exported model gives."""
-        was_training = self.training
-        self.eval()
-        order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
-        out: list[torch.Tensor] = [None] * len(sentences)  # type: ignore[list-item]
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            tokens = self.tokenizer(
-                [sentences[i] for i in chunk],
-                padding=True,
-                truncation=True,
-                max_length=self.hparams.max_seq_length,
-                return_tensors="pt",
-            ).to(self.device)
-            embeddings = self.embed(tokens["input_ids"], tokens["attention_mask"]).float().cpu()
-            for i, emb in zip(chunk, embeddings):
-                out[i] = emb
-        self.train(was_training)
-        return torch.stack(out)

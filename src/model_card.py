@@ -20,7 +20,9 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from omegaconf import DictConfig, OmegaConf
 
+from src.data.columns import input_ids_key
 from src.losses import SBERT_CITATION
+from src.st_format import module_configs
 from src.tracking import redact_secrets
 from src.views import SIMILARITY, VIEWS, evaluation_tables
 
@@ -128,7 +130,7 @@ def _column_stats(train, columns: Mapping[str, str], tokenizer) -> dict[str, Any
     stats: dict[str, Any] = {"columns": [], "samples": []}
     texts: dict[str, list[str]] = {}
     for key, name in columns.items():
-        ids = f"input_ids_{key}"
+        ids = input_ids_key(key)
         if ids not in head.column_names:
             continue
         lengths = [len(x) for x in head[ids] if len(x)]  # triplets without a hard negative hold []
@@ -168,11 +170,9 @@ def render_model_card(
 ) -> str:
     """The card of a run: `model` its final SentenceEmbeddingModel, `train_split` the tokenized
     training rows, `metrics` what metrics.json holds, `logs` the rows of `TrainingLogs`."""
-    from src.export import module_configs
-
     hp = model.hparams
     base = hp.name_or_path
-    configs = module_configs(model)
+    configs = module_configs(model.encoder)
     loss = model.loss_fn
     loss_name = type(loss).__name__
     loss_config = loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
@@ -183,7 +183,7 @@ def render_model_card(
     val_name = Path(str(cfg.data.val_file)).name if cfg.data.get("val_file") else f"{dataset_name} (held out)"
     val_tables, test_tables = evaluation_tables(metrics, "val/"), evaluation_tables(metrics, "test/")
     scored_views = [view for view in VIEWS if view in val_tables or view in test_tables]
-    stats = _column_stats(train_split, columns, model.tokenizer)
+    stats = _column_stats(train_split, columns, model.encoder.tokenizer)
     samples = stats["samples"]
 
     front_matter: dict[str, Any] = {
@@ -213,7 +213,7 @@ def render_model_card(
     non_default, every = hyperparameters(cfg)
     architecture = (
         "SentenceTransformer(\n"
-        f"  (0): Transformer({ {k: v for k, v in configs['transformer'].items() if k != 'model_args'} | {'architecture': type(model.encoder).__name__} })\n"
+        f"  (0): Transformer({ {k: v for k, v in configs['transformer'].items() if k != 'model_args'} | {'architecture': type(model.encoder.transformer).__name__} })\n"
         f"  (1): Pooling({configs['pooling']})\n"
         + ("  (2): Normalize()\n" if configs["normalize"] else "")
         + ")"
@@ -225,7 +225,7 @@ def render_model_card(
         base=base,
         base_is_hub=_hub_id(base) is not None,
         max_seq_length=hp.max_seq_length,
-        dim=model.embedding_dim,
+        dim=model.encoder.embedding_dim,
         architecture=architecture,
         usage_sentences=[row[0] for row in samples][:3],
         val_name=val_name,

@@ -29,7 +29,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lightning.pytorch.utilities import rank_zero_only
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from src.model import check_encoder_config
+    from src.encoder import check_encoder_config
     from src.model_card import TrainingLogs
     from src.resume import PREEMPTED_EXIT_CODE, check_checkpoint_fits, read_checkpoint_shapes, resolve_ckpt_path
     from src.schema import check_config
@@ -75,15 +75,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)[0])
     metrics = {k: float(v) for k, v in sorted(metrics.items())}
     if trainer.is_global_zero:
-        from src.export import save_sentence_transformer
         from src.model_card import render_model_card
+        from src.st_format import save_sentence_transformer
 
         write_json(output_dir / "metrics.json", metrics)
         log.info("metrics: %s", json.dumps(metrics, indent=2))
         card = render_model_card(model, cfg, datamodule.splits["train"], metrics, logs)
         # validate/test above loaded the best checkpoint's weights into `model`; without them it
         # holds the last weights, which are then the best checkpoint too
-        save_sentence_transformer(model, output_dir / "model", card=card)
+        save_sentence_transformer(model.encoder, output_dir / "model", card=card)
     return metrics
 
 

@@ -16,8 +16,8 @@ from typing import Any, Mapping
 
 import torch
 
-from src.batching import PairCollator
 from src.classification import CLASSIFICATION_METRIC_NAMES, NEGATIVE, NEITHER, POSITIVE, PairClassificationMetrics
+from src.data.batching import PairCollator
 from src.errors import UserInputError
 from src.metrics import METRIC_NAMES, metrics_table
 from src.retrieval import RETRIEVAL_METRIC_NAMES, RetrievalMetrics

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModel
 
 from src.config import PROJECT_ROOT, compose_config
-from src.data import PairColumns, read_pairs, resolve_label_map
+from src.data.files import PairColumns, read_pairs, resolve_label_map
 from src.errors import UserInputError, user_error_behind
 from src.train import train
 from tests.helpers import write_beir_folder, write_jsonl
@@ -207,13 +207,13 @@ def test_corrupt_checkpoint(tmp_path, tiny_overrides, no_model_load):
 
 def test_checkpoint_from_another_model(tmp_path, tiny_overrides, tiny_bert):
     path = tmp_path / "other.ckpt"
-    other = {"encoder.embeddings.word_embeddings.weight": torch.zeros(100, 48), "head.weight": torch.zeros(2, 48)}
+    other = {"encoder.transformer.embeddings.word_embeddings.weight": torch.zeros(100, 48), "head.weight": torch.zeros(2, 48)}
     torch.save({"state_dict": other, "global_step": 3}, path)
     message = user_error(tmp_path, tiny_overrides, f"ckpt_path={path}")
     assert re.match(
         rf"ckpt_path: {re.escape(str(path))} is from another model than model.name_or_path={re.escape(str(tiny_bert))}: "
         r"\d+ weights missing .*; 1 unexpected \(e.g. head.weight\); 1 of another shape "
-        r"\(e.g. encoder.embeddings.word_embeddings.weight: \[100, 48\] vs \[\d+, 32\]\)",
+        r"\(e.g. encoder.transformer.embeddings.word_embeddings.weight: \[100, 48\] vs \[\d+, 32\]\)",
         message,
     )
 
@@ -293,7 +293,7 @@ def test_a_beir_folder_missing_a_file_or_not_named(tmp_path, tiny_bert, missing)
     ("q0\tdoc0\thigh", "row 2: column 'score': 'high' is not a number"),
 ])
 def test_beir_qrels_naming_unknown_ids(tmp_path, qrel, message):
-    from src.beir import read_beir
+    from src.data.beir import read_beir
 
     folder = write_beir_folder(tmp_path / "beir")
     qrels = folder / "qrels" / "test.tsv"
@@ -305,7 +305,7 @@ def test_beir_qrels_naming_unknown_ids(tmp_path, qrel, message):
 
 
 def test_beir_corpus_rows_without_an_id_or_with_a_repeated_one(tmp_path):
-    from src.beir import read_beir
+    from src.data.beir import read_beir
 
     folder = write_beir_folder(tmp_path / "beir")
     corpus = folder / "corpus.jsonl"

@@ -3,7 +3,7 @@ resuming an epoch with any batch size or number of ranks; and pair collation."""
 import numpy as np
 import pytest
 
-from src.batching import EpochOrder, PairBatchSampler, PairCollator, ResumePoint
+from src.data.batching import EpochOrder, PairBatchSampler, PairCollator, ResumePoint
 
 
 def _epoch(sampler: PairBatchSampler) -> list[list[int]]:

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from src.beir import read_beir
 from src.config import PROJECT_ROOT
+from src.data.beir import read_beir
 from src.retrieval import RECALL_AT, RETRIEVAL_METRIC_NAMES
 from tests.helpers import write_beir_folder
 

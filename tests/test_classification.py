@@ -5,7 +5,7 @@ import torch
 from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator
 
 from src.classification import CLASSIFICATION_METRIC_NAMES, NEGATIVE, NEITHER, POSITIVE, PairClassificationMetrics
-from src.data import DEFAULT_SIMILARITY_MAP, PairColumns, read_pairs
+from src.data.files import SIMILARITY_LABELS, PairColumns, read_pairs
 from src.model import SentenceEmbeddingModel
 from tests.helpers import DEMO_PAIRS, FrozenEmbeddings
 
@@ -41,10 +41,10 @@ def assert_equal(a: dict[str, float], b: dict[str, float]) -> None:
 def demo_pairs(tiny_bert):
     """The demo file's pairs with the tiny BERT's real embeddings; entailment positive,
     contradiction negative, neutral neither."""
-    table = read_pairs(DEMO_PAIRS, PairColumns(), DEFAULT_SIMILARITY_MAP)
+    table = read_pairs(DEMO_PAIRS, PairColumns(), SIMILARITY_LABELS)
     model = SentenceEmbeddingModel(str(tiny_bert), max_seq_length=64)
     roles = {"entailment": POSITIVE, "contradiction": NEGATIVE, "neutral": NEITHER}
-    return model.encode(table.sentence1), model.encode(table.sentence2), torch.tensor([roles[x] for x in table.label])
+    return model.encoder.encode(table.sentence1), model.encoder.encode(table.sentence2), torch.tensor([roles[x] for x in table.label])
 
 
 def test_equals_binary_classification_evaluator_on_real_embeddings(demo_pairs):

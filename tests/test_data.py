@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from src.data import PairColumns, PairDataModule, read_pairs, resolve_label_map, split_by_group
+from src.data.datamodule import PairDataModule
+from src.data.files import PairColumns, read_pairs, resolve_label_map, split_by_group
 from src.errors import UserInputError
 from tests.helpers import DEMO_PAIRS, write_jsonl
 
@@ -118,7 +119,7 @@ def test_missing_file_is_named(tmp_path):
 def test_pair_tokenizer_matches_the_fast_tokenizer(minilm_path):
     from transformers import AutoTokenizer
 
-    from src.data import PairTokenizer
+    from src.data.tokenized import PairTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)
     rows = [json.loads(line) for line in DEMO_PAIRS.read_text(encoding="utf-8").splitlines()[:50]]

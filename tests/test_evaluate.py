@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from src.config import PROJECT_ROOT, compose_config
-from src.data import PairColumns, distinct_text_ids, read_pairs, resolve_label_map
+from src.data.files import PairColumns, read_pairs, resolve_label_map
+from src.data.tokenized import distinct_text_ids
 from src.evaluate import evaluate, expand_model_shorthand
 from src.metrics import METRIC_NAMES
 from src.retrieval import RECALL_AT

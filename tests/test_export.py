@@ -14,8 +14,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from src.config import PROJECT_ROOT, compose_config
-from src.export import load_checkpoint_model, load_model, save_sentence_transformer
 from src.model import SentenceEmbeddingModel
+from src.sources import load_checkpoint_model, load_model
+from src.st_format import save_sentence_transformer
 from src.train import train
 
 SENTENCES = ["שלום עולם", "מה שלומך היום?", "א", "The cat sat on the mat, and then it slept for a very long time."]
@@ -85,27 +86,27 @@ def test_run_ends_with_a_sentence_transformers_folder(tiny_run):
 
     best = next(p for p in (tiny_run / "checkpoints").iterdir() if p.name != "last.ckpt")
     lightning = load_checkpoint_model(best)
-    expected = lightning.encode(SENTENCES)
+    expected = lightning.encoder.encode(SENTENCES)
     actual = torch.from_numpy(st.encode(SENTENCES, batch_size=2))
     assert (actual - expected).abs().max() <= 1e-5
 
 
 def test_normalize_adds_the_module_and_load_model_reads_it_back(tmp_path, tiny_bert):
     model = SentenceEmbeddingModel(str(tiny_bert), pooling="mean_sqrt_len", max_seq_length=32, normalize=True).eval()
-    save_sentence_transformer(model, tmp_path / "model")
-    save_sentence_transformer(model, tmp_path / "model")  # overwriting an export works, atomically
+    save_sentence_transformer(model.encoder, tmp_path / "model")
+    save_sentence_transformer(model.encoder, tmp_path / "model")  # overwriting an export works, atomically
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
     st, warned = load_sentence_transformer(tmp_path / "model")
     assert warned == [] and len(st) == 3
-    expected = model.encode(SENTENCES)
+    expected = model.encoder.encode(SENTENCES)
     assert (torch.from_numpy(st.encode(SENTENCES)) - expected).abs().max() <= 1e-5
     assert torch.allclose(expected.norm(dim=-1), torch.ones(len(SENTENCES)))
 
     reloaded = load_model(str(tmp_path / "model"))
     assert (reloaded.hparams.pooling, reloaded.hparams.max_seq_length, reloaded.hparams.normalize) == (
         "mean_sqrt_len", 32, True)
-    assert (reloaded.encode(SENTENCES) - expected).abs().max() <= 1e-6
+    assert (reloaded.encoder.encode(SENTENCES) - expected).abs().max() <= 1e-6
 
 
 def test_load_model_of_plain_folder_and_checkpoint(tiny_run, tiny_bert):
@@ -160,8 +161,8 @@ def test_export_command_writes_the_runs_card_for_the_checkpoint(tiny_run, tiny_b
 @pytest.mark.slow
 def test_real_minilm_export_matches_encode(tmp_path, minilm_path):
     model = SentenceEmbeddingModel(str(minilm_path), max_seq_length=256).eval()
-    save_sentence_transformer(model, tmp_path / "model")
+    save_sentence_transformer(model.encoder, tmp_path / "model")
     st, warned = load_sentence_transformer(tmp_path / "model")
     assert warned == [] and st.max_seq_length == 256
-    expected = model.encode(SENTENCES)
+    expected = model.encoder.encode(SENTENCES)
     assert (torch.from_numpy(st.encode(SENTENCES)) - expected).abs().max() <= 1e-5

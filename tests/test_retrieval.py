@@ -6,7 +6,8 @@ import torch
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
 import src.retrieval
-from src.data import DEFAULT_SIMILARITY_MAP, PairColumns, distinct_text_ids, read_pairs
+from src.data.files import SIMILARITY_LABELS, PairColumns, read_pairs
+from src.data.tokenized import distinct_text_ids
 from src.model import SentenceEmbeddingModel
 from src.retrieval import RECALL_AT, RETRIEVAL_METRIC_NAMES, RetrievalMetrics
 from tests.helpers import DEMO_PAIRS, FrozenEmbeddings
@@ -53,10 +54,10 @@ def demo_pairs(tiny_bert):
 
     Duplicates make ties: 30 more pairs whose hypothesis has the embedding of a premise's entailed
     hypothesis but another id, numbered before the originals, and not relevant."""
-    table = read_pairs(DEMO_PAIRS, PairColumns(), DEFAULT_SIMILARITY_MAP)
+    table = read_pairs(DEMO_PAIRS, PairColumns(), SIMILARITY_LABELS)
     model = SentenceEmbeddingModel(str(tiny_bert), max_seq_length=64)
     texts = list(dict.fromkeys(table.sentence1 + table.sentence2))
-    embedding = dict(zip(texts, model.encode(texts)))
+    embedding = dict(zip(texts, model.encoder.encode(texts)))
     entailed = [i for i, label in enumerate(table.label) if label == "entailment"][:30]
     rows = list(range(len(table.label))) + entailed
     copies = len(entailed)

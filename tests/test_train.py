@@ -39,7 +39,7 @@ def test_dropout_is_on_while_training(tmp_path, tiny_overrides):
 
     class Probe(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen["train"] = pl_module.encoder.training and pl_module.encoder.embeddings.dropout.training
+            seen["train"] = pl_module.encoder.training and pl_module.encoder.transformer.embeddings.dropout.training
 
         def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
             seen["val"] = pl_module.encoder.training
@@ -59,14 +59,14 @@ def test_training_steps_with_gradient_clipping_in_each_precision(tmp_path, tiny_
 
     cfg = compose_config(tiny_overrides, tmp_path)
     model = instantiate(cfg.model)
-    before = model.encoder.encoder.layer[0].output.dense.weight.detach().clone()
+    before = model.encoder.transformer.encoder.layer[0].output.dense.weight.detach().clone()
     trainer = L.Trainer(max_steps=2, accelerator="cpu", precision=precision, gradient_clip_val=1.0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
                         use_distributed_sampler=False)
     trainer.fit(model, datamodule=instantiate(cfg.data))
     assert trainer.global_step == 2
     assert trainer.optimizers[0].defaults["fused"] == (precision == "32-true")
-    assert not torch.equal(model.encoder.encoder.layer[0].output.dense.weight, before)
+    assert not torch.equal(model.encoder.transformer.encoder.layer[0].output.dense.weight, before)
 
 
 def test_encode_matches_training_embeddings(tmp_path, tiny_overrides):
@@ -75,11 +75,11 @@ def test_encode_matches_training_embeddings(tmp_path, tiny_overrides):
     cfg = compose_config(tiny_overrides, tmp_path)
     model = instantiate(cfg.model)
     sentences = ["שלום עולם", "מה שלומך היום?", "א"]
-    batch = model.tokenizer(sentences, padding=True, return_tensors="pt")
+    batch = model.encoder.tokenizer(sentences, padding=True, return_tensors="pt")
     model.eval()
     with torch.no_grad():
-        expected = model.embed(batch["input_ids"], batch["attention_mask"])
-    torch.testing.assert_close(model.encode(sentences, batch_size=2), expected, atol=1e-5, rtol=1e-5)
+        expected = model.encoder.embed(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(model.encoder.encode(sentences, batch_size=2), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("per_pass", [1, 3, 8])
@@ -94,11 +94,11 @@ def test_sentences_per_pass_gives_the_one_pass_embeddings_and_gradients(tmp_path
     model = instantiate(cfg.model).eval()  # no dropout: the two forwards must see the same network
 
     def embed_and_grad(setting: int | None) -> tuple[list[torch.Tensor], torch.Tensor]:
-        model.hparams.sentences_per_pass = setting
+        model.encoder.per_pass_setting = setting
         model.zero_grad()
-        embeddings = model.embed_columns(batch)
+        embeddings = model.encoder.embed_columns(batch, ("a", "b"))
         model.loss_fn(embeddings, batch["score"]).backward()
-        grad = model.encoder.embeddings.word_embeddings.weight.grad.clone()
+        grad = model.encoder.transformer.embeddings.word_embeddings.weight.grad.clone()
         return [e.detach() for e in embeddings], grad
 
     one_pass, one_pass_grad = embed_and_grad(None)
@@ -106,8 +106,8 @@ def test_sentences_per_pass_gives_the_one_pass_embeddings_and_gradients(tmp_path
     for x, y in zip(one_pass, passes):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(one_pass_grad, passes_grad, atol=1e-5, rtol=1e-4)
-    model.hparams.sentences_per_pass = "auto"
-    assert model.sentences_per_pass == 8  # on the CPU
+    model.encoder.per_pass_setting = "auto"
+    assert model.encoder.sentences_per_pass == 8  # on the CPU
 
 
 def test_config_typo_fails_fast_with_hydra_error():

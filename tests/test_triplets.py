@@ -3,8 +3,10 @@ built from NLI pairs for training, while validation stays on scored pairs."""
 import datasets
 import pytest
 
-from src.batching import PairCollator
-from src.data import PairDataModule, TokenizedPairs, nli_triplets
+from src.data.batching import PairCollator
+from src.data.datamodule import PairDataModule
+from src.data.tokenized import TokenizedPairs
+from src.data.triplets import nli_triplets
 from src.errors import UserInputError
 from tests.helpers import write_jsonl
 from tests.test_data import LABEL_MAPS, row, write_jsonl

@@ -17,8 +17,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from src.batching import PairBatchSampler, PairCollator
-from src.data import TokenizedPairs, iter_rows
+from src.data.batching import PairBatchSampler, PairCollator
+from src.data.columns import input_ids_key
+from src.data.files import iter_rows
+from src.data.tokenized import TokenizedPairs
+from src.encoder import load_tokenizer
 from src.errors import UserInputError
 from src.schema import NonNegativeInt, PositiveInt
 
@@ -160,8 +163,6 @@ class BeirDataModule(L.LightningDataModule):
         if self.rows is not None:
             return
         retrieval = read_beir(self.path, self.split)
-        from src.model import load_tokenizer
-
         tokenizer = load_tokenizer(self.tokenizer_name, self.max_seq_length, self.trust_remote_code)
         self.pad_token_id = tokenizer.pad_token_id
         queries = tokenizer(retrieval.queries, truncation=True)["input_ids"]
@@ -169,8 +170,8 @@ class BeirDataModule(L.LightningDataModule):
         n_queries, n_documents = len(queries), len(documents)
         # queries first, then documents; a row's other text column is empty (left out by the collator)
         self.rows = datasets.Dataset.from_dict({
-            "input_ids_a": queries + [[]] * n_documents,
-            "input_ids_b": [[]] * n_queries + documents,
+            input_ids_key("a"): queries + [[]] * n_documents,
+            input_ids_key("b"): [[]] * n_queries + documents,
             "query_id": list(range(n_queries)) + [-1] * n_documents,
             "document_id": [-1] * n_queries + list(range(n_documents)),
             "relevant": retrieval.relevant + [[]] * n_documents,

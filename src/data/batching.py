@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from src.data.columns import attention_mask_key, input_ids_key, text_columns
 from src.errors import UserInputError
 
 
@@ -226,12 +227,10 @@ class PairCollator:
         batch = {"index": torch.tensor(rows["index"], dtype=torch.long)}
         if "score" in rows:  # scored pairs; triplets have none
             batch["score"] = torch.tensor(rows["score"], dtype=torch.float32)
-        for key in rows:
-            if key.startswith("input_ids_"):
-                column = key[len("input_ids_") :]
-                # an empty sequence is a missing text (a triplet without a hard negative): left out,
-                # and a column with no text in this batch is left out altogether
-                present = [seq for seq in rows[key] if seq]
-                if present:
-                    batch[f"input_ids_{column}"], batch[f"attention_mask_{column}"] = self._pad(present)
+        for column in text_columns(rows):
+            # an empty sequence is a missing text (a triplet without a hard negative): left out,
+            # and a column with no text in this batch is left out altogether
+            present = [seq for seq in rows[input_ids_key(column)] if seq]
+            if present:
+                batch[input_ids_key(column)], batch[attention_mask_key(column)] = self._pad(present)
         return batch
