@@ -11,6 +11,7 @@ from src.config import PROJECT_ROOT, compose_config
 from src.views import VIEWS
 
 
+@pytest.mark.slow  # several processes
 def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overrides):
     """Two DDP jobs in one multirun. The 54 validation pairs fit one eval batch of 64, fewer
     batches than ranks: every rank must still get one, or DDP hangs. The retrieval and

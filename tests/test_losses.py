@@ -112,6 +112,7 @@ def _ddp_worker(rank: int, store: str, symmetric: bool, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # several processes
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_gathered_in_batch_negatives_equal_one_big_batch(tmp_path, symmetric):
     mp.spawn(_ddp_worker, args=(str(tmp_path / "store"), symmetric, str(tmp_path)), nprocs=2)
@@ -169,6 +170,7 @@ def test_a_triplet_loss_on_pair_data_is_refused(tmp_path, tiny_overrides):
         train(cfg)
 
 
+@pytest.mark.slow  # several processes
 def test_in_batch_negatives_gathered_under_lightning_ddp(tmp_path, tiny_overrides):
     """Two CPU ranks (gloo) train on triplets with candidates gathered across ranks."""
     import json

@@ -94,6 +94,7 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow  # several processes
 def test_sigkill_inside_epoch_2_of_3_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_bert):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     epochs = "trainer.max_epochs=3"

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from src.config import PROJECT_ROOT, compose_config
 from src.tracking import REDACTED, WandbLogger, closing_wandb_run, offline_reason, redact_secrets
 from src.train import train
@@ -130,6 +132,7 @@ def test_offline_run_holds_config_metrics_pairs_and_model(tmp_path, tiny_overrid
     assert "val/spearman_cosine" in metrics
 
 
+@pytest.mark.slow  # several processes
 def test_each_sweep_job_is_its_own_run_grouped_by_sweep(tmp_path, tiny_overrides):
     sweep = tmp_path / "sweep"
     result = subprocess.run(
