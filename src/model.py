@@ -29,6 +29,8 @@ class SentenceEmbeddingModel(L.LightningModule):
     retrieval and classification views where the data's batches carry their columns.
     """
 
+    # One parameter per `model.*` config key, saved as the checkpoint's hyperparameters so that
+    # `load_from_checkpoint` rebuilds the same model from them alone.
     def __init__(
         self,
         name_or_path: str,

@@ -46,6 +46,8 @@ class PairDataModule(L.LightningDataModule):
     is cached under `cache_dir` keyed by the file's identity and every setting that shapes it.
     """
 
+    # One parameter per `data.*` config key users type (conf/data/hebnli.yaml documents each), so
+    # Hydra instantiates it as it stands; grouping them would rename the keys users know.
     def __init__(
         self,
         tokenizer: str,
