@@ -161,7 +161,7 @@ def write_split(work: Path, train_pairs: int | None) -> tuple[Path, Path]:
 
 
 def held_out_spearman(encode, held_out: Path) -> float:
-    from src.metrics import EmbeddingSimilarityMetrics
+    from src.evaluation.similarity import EmbeddingSimilarityMetrics
 
     table = read_pairs(held_out, PairColumns(), LABELS)
     metric = EmbeddingSimilarityMetrics()

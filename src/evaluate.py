@@ -29,9 +29,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     every view the data has."""
     from hydra.utils import instantiate
 
+    from src.evaluation.views import VIEWS, evaluation_tables
     from src.schema import check_config, check_node
     from src.sources import load_model
-    from src.views import VIEWS, evaluation_tables
 
     check_config(cfg, sections=("trainer",))
     model = load_model(cfg.model.source, cfg.model.pooling, cfg.model.max_seq_length)

@@ -11,10 +11,10 @@ from transformers import get_scheduler
 from src.data.columns import text_columns
 from src.encoder import SentenceEncoder
 from src.errors import NonFiniteLossError, UserInputError
-from src.metrics import EmbeddingSimilarityMetrics
+from src.evaluation.similarity import EmbeddingSimilarityMetrics
+from src.evaluation.views import EvaluationViews
 from src.pooling import Pooling
 from src.schema import Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
-from src.views import EvaluationViews
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.columns import input_ids_key
+from src.evaluation.views import SIMILARITY, VIEWS, evaluation_tables
 from src.losses import SBERT_CITATION
 from src.st_format import module_configs
 from src.tracking import redact_secrets
-from src.views import SIMILARITY, VIEWS, evaluation_tables
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATS_ROWS = 1000  # token statistics and label shares over the first rows, as sentence-transformers

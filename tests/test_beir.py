@@ -9,7 +9,7 @@ import pytest
 
 from src.config import PROJECT_ROOT
 from src.data.beir import read_beir
-from src.retrieval import RECALL_AT, RETRIEVAL_METRIC_NAMES
+from src.evaluation.retrieval import RECALL_AT, RETRIEVAL_METRIC_NAMES
 from tests.helpers import write_beir_folder
 
 

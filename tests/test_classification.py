@@ -4,8 +4,14 @@ import pytest
 import torch
 from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator
 
-from src.classification import CLASSIFICATION_METRIC_NAMES, NEGATIVE, NEITHER, POSITIVE, PairClassificationMetrics
 from src.data.files import SIMILARITY_LABELS, PairColumns, read_pairs
+from src.evaluation.classification import (
+    CLASSIFICATION_METRIC_NAMES,
+    NEGATIVE,
+    NEITHER,
+    POSITIVE,
+    PairClassificationMetrics,
+)
 from src.model import SentenceEmbeddingModel
 from tests.helpers import DEMO_PAIRS, FrozenEmbeddings
 

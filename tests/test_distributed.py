@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from src.config import PROJECT_ROOT, compose_config
-from src.views import VIEWS
+from src.evaluation.views import VIEWS
 
 
 @pytest.mark.slow  # several processes
@@ -49,8 +49,8 @@ def test_ddp_sweep_metrics_equal_single_process_validation(tmp_path, tiny_overri
 
 def _views(batches: list[dict]) -> dict[str, float]:
     """Both view metrics over some batches (small blocks, so the gathered corpus spans several)."""
-    from src.classification import PairClassificationMetrics
-    from src.retrieval import RetrievalMetrics
+    from src.evaluation.classification import PairClassificationMetrics
+    from src.evaluation.retrieval import RetrievalMetrics
 
     retrieval, classification = RetrievalMetrics(query_block=16, document_block=64), PairClassificationMetrics()
     for batch in batches:

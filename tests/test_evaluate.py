@@ -11,10 +11,10 @@ from src.config import PROJECT_ROOT, compose_config
 from src.data.files import PairColumns, read_pairs, resolve_label_map
 from src.data.tokenized import distinct_text_ids
 from src.evaluate import evaluate, expand_model_shorthand
-from src.metrics import METRIC_NAMES
-from src.retrieval import RECALL_AT
+from src.evaluation.retrieval import RECALL_AT
+from src.evaluation.similarity import METRIC_NAMES
+from src.evaluation.views import VIEWS
 from src.train import train
-from src.views import VIEWS
 from tests.helpers import DEMO_PAIRS, FrozenEmbeddings
 
 ALL_TEST = {f"test/{name}" for view in VIEWS for name in view.metric_names}  # the ten, retrieval, classification

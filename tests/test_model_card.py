@@ -8,9 +8,9 @@ import yaml
 from hydra.utils import instantiate
 
 from src.config import compose_config
+from src.evaluation.views import VIEWS
 from src.losses import CoSENTLoss
 from src.train import train
-from src.views import VIEWS
 
 SECTIONS = [
     "# SentenceTransformer based on", "## Model Details", "### Model Description", "### Full Model Architecture",

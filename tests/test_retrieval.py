@@ -5,11 +5,11 @@ import pytest
 import torch
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-import src.retrieval
+import src.evaluation.retrieval
 from src.data.files import SIMILARITY_LABELS, PairColumns, read_pairs
 from src.data.tokenized import distinct_text_ids
+from src.evaluation.retrieval import RECALL_AT, RETRIEVAL_METRIC_NAMES, RetrievalMetrics
 from src.model import SentenceEmbeddingModel
-from src.retrieval import RECALL_AT, RETRIEVAL_METRIC_NAMES, RetrievalMetrics
 from tests.helpers import DEMO_PAIRS, FrozenEmbeddings
 
 
@@ -129,8 +129,8 @@ def test_no_relevant_pair_gives_nan():
 def test_a_large_corpus_is_scored_in_blocks(monkeypatch):
     """100,000 documents: no queries x documents matrix, only blocks of the configured size."""
     shapes = []
-    ranked_top_k = src.retrieval.ranked_top_k
-    monkeypatch.setattr(src.retrieval, "ranked_top_k", lambda scores, k: shapes.append(scores.shape) or ranked_top_k(scores, k))
+    ranked_top_k = src.evaluation.retrieval.ranked_top_k
+    monkeypatch.setattr(src.evaluation.retrieval, "ranked_top_k", lambda scores, k: shapes.append(scores.shape) or ranked_top_k(scores, k))
     generator = torch.Generator().manual_seed(0)
     n_documents, n_queries = 100_000, 300
     documents = torch.randn(n_documents, 16, generator=generator)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from src.config import PROJECT_ROOT, compose_config
-from src.metrics import METRIC_NAMES
+from src.evaluation.similarity import METRIC_NAMES
 from src.train import train
 
 TEN_VAL = {f"val/{m}" for m in METRIC_NAMES}

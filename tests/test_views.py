@@ -8,8 +8,8 @@ import torch
 from hydra.utils import instantiate
 
 from src.config import compose_config
+from src.evaluation.views import VIEWS
 from src.train import train
-from src.views import VIEWS
 
 BOTH = ("retrieval", "classification")
 

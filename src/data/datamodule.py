@@ -30,8 +30,8 @@ from src.data.tokenized import TokenizedPairs, tokenized_pairs_file
 from src.data.triplets import nli_triplets
 from src.encoder import load_tokenizer
 from src.errors import UserInputError
+from src.evaluation.views import PAIR_VIEW_COLUMNS, LabelledPairCollator, check_split_labels, resolve_views
 from src.schema import Fraction, NonNegativeInt, PositiveInt
-from src.views import PAIR_VIEW_COLUMNS, LabelledPairCollator, check_split_labels, resolve_views
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from src.metric_state import cat_state, one_row_per_key
+from src.evaluation.state import cat_state, one_row_per_key
 
 CLASSIFICATION_METRIC_NAMES = ("classification_ap", "classification_accuracy", "classification_f1")
 POSITIVE, NEGATIVE, NEITHER = 1, 0, -1  # a pair's binary label

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from src.metric_state import cat_state, one_row_per_key
+from src.evaluation.state import cat_state, one_row_per_key
 
 NDCG_AT = 10
 MRR_AT = 10

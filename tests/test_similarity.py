@@ -3,7 +3,14 @@ import pytest
 import torch
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
-from src.metrics import METRIC_NAMES, EmbeddingSimilarityMetrics, average_ranks, nan_safe_max, pearson, spearman
+from src.evaluation.similarity import (
+    METRIC_NAMES,
+    EmbeddingSimilarityMetrics,
+    average_ranks,
+    nan_safe_max,
+    pearson,
+    spearman,
+)
 from tests.helpers import FrozenEmbeddings
 
 

@@ -13,6 +13,8 @@ scipy: a collapsed model must not look like "no correlation".
 import torch
 from torchmetrics import Metric
 
+from src.evaluation.state import cat_state, one_row_per_key
+
 SIMILARITY_FUNCTIONS = ("cosine", "manhattan", "euclidean", "dot")
 METRIC_NAMES = tuple(
     f"{stat}_{fn}" for fn in (*SIMILARITY_FUNCTIONS, "max") for stat in ("pearson", "spearman")
@@ -82,26 +84,18 @@ class EmbeddingSimilarityMetrics(Metric):
         self.index.append(index.detach().long())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        index = _cat(self.index)
+        index = cat_state(self.index)
         # keep the first occurrence of each dataset index, in index order
-        unique, inverse = torch.unique(index, return_inverse=True)
-        first = torch.full_like(unique, index.numel()).scatter_reduce(
-            0, inverse, torch.arange(index.numel(), device=index.device), reduce="amin"
-        )
-        target = _cat(self.target)[first]
+        first = one_row_per_key(index, torch.arange(index.numel(), device=index.device))
+        target = cat_state(self.target)[first]
         results: dict[str, torch.Tensor] = {}
         for fn in SIMILARITY_FUNCTIONS:
-            scores = _cat(getattr(self, fn))[first]
+            scores = cat_state(getattr(self, fn))[first]
             results[f"pearson_{fn}"] = pearson(scores, target)
             results[f"spearman_{fn}"] = spearman(scores, target)
         for stat in ("pearson", "spearman"):
             results[f"{stat}_max"] = nan_safe_max(torch.stack([results[f"{stat}_{fn}"] for fn in SIMILARITY_FUNCTIONS]))
         return {name: results[name].float() for name in METRIC_NAMES}
-
-
-def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-    # after a DDP sync torchmetrics leaves a single tensor; before it, a list
-    return torch.cat(state) if isinstance(state, list) else state
 
 
 def metrics_table(

@@ -8,7 +8,7 @@ a batch carries:
   and `document_row` for each text of column b, and `relevant`, `[n, 2]` (query id, document id)
   pairs. From a labelled pair split (`LabelledPairCollator`: first sentences are the queries,
   second sentences the documents, positive pairs the relevant ones) or a BEIR folder (`src.beir`).
-- classification: `binary_label` of each pair (`src.classification.POSITIVE`, `NEGATIVE`, `NEITHER`).
+- classification: `binary_label` of each pair (`src.evaluation.classification.POSITIVE`, `NEGATIVE`, `NEITHER`).
 """
 from collections import Counter
 from dataclasses import dataclass
@@ -16,11 +16,17 @@ from typing import Any, Mapping
 
 import torch
 
-from src.classification import CLASSIFICATION_METRIC_NAMES, NEGATIVE, NEITHER, POSITIVE, PairClassificationMetrics
 from src.data.batching import PairCollator
 from src.errors import UserInputError
-from src.metrics import METRIC_NAMES, metrics_table
-from src.retrieval import RETRIEVAL_METRIC_NAMES, RetrievalMetrics
+from src.evaluation.classification import (
+    CLASSIFICATION_METRIC_NAMES,
+    NEGATIVE,
+    NEITHER,
+    POSITIVE,
+    PairClassificationMetrics,
+)
+from src.evaluation.retrieval import RETRIEVAL_METRIC_NAMES, RetrievalMetrics
+from src.evaluation.similarity import METRIC_NAMES, metrics_table
 
 # the label roles (data.view_labels) each optional view needs
 VIEW_LABEL_ROLES = {"retrieval": ("positive",), "classification": ("positive", "negative")}
