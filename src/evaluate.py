@@ -2,7 +2,7 @@
 on any scored pairs, and the retrieval and classification views where the data has their labels,
 printed as tables and written to `metrics.json` (`test/...` keys) in this evaluation's own run
 folder (`outputs/evaluate/runs/<time>/`). `data=beir data.path=<folder>`: the retrieval view on a
-BEIR folder (src/beir.py).
+BEIR folder (src/data/beir.py).
 
 `<x>` is anything `src.sources.load_model` reads: a sentence-transformers folder, a Lightning
 checkpoint, a plain Hugging Face folder or Hub id. Pairs are read, cleaned and tokenized by the
