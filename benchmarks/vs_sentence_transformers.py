@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from src.config import PROJECT_ROOT
-from src.data.files import PairColumns, read_pairs, resolve_label_map, split_by_group
+from src.data.files import SIMILARITY_LABELS, PairColumns, read_pairs, resolve_label_map, split_by_group
 
 SHARED = PROJECT_ROOT.parent / "shared" / "data" / "hebnli" / "HebNLI_val.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,7 +61,7 @@ MBERT_SHAPE = {"vocab_size": 119547, "hidden_size": 768, "num_hidden_layers": 12
 TINY_SHAPE = {**MBERT_SHAPE, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
               "intermediate_size": 64}
 RANDOM_SHAPES = {"mbert-size": MBERT_SHAPE, "tiny": TINY_SHAPE}
-LABELS = resolve_label_map("similarity", {"similarity": {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}})
+LABELS = resolve_label_map("similarity", {"similarity": SIMILARITY_LABELS})
 
 
 class EncoderMeter:

@@ -15,12 +15,10 @@ import torch
 from transformers import AutoModel
 
 from src.config import PROJECT_ROOT, compose_config
-from src.data.files import PairColumns, read_pairs, resolve_label_map
+from src.data.files import SIMILARITY_LABELS, PairColumns, read_pairs, resolve_label_map
 from src.errors import UserInputError, user_error_behind
 from src.train import train
 from tests.helpers import write_beir_folder, write_jsonl
-
-SIMILARITY = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
 
 
 def pair(i: int, label="entailment", s1=None, s2="השערה") -> dict:
@@ -101,7 +99,7 @@ def test_unknown_labels_are_dropped_and_counted_and_all_unknown_is_an_error(tmp_
                                                                            no_model_load, caplog):
     some = write_jsonl(tmp_path / "some.jsonl", good_rows(9) + [pair(9, "-"), pair(10, "-"), pair(11, "maybe")])
     with caplog.at_level(logging.WARNING):
-        table = read_pairs(some, PairColumns(), SIMILARITY)
+        table = read_pairs(some, PairColumns(), SIMILARITY_LABELS)
     assert len(table.score) == 9
     assert table.dropped == {"unknown label '-'": 2, "unknown label 'maybe'": 1}
     assert "dropped" in caplog.text and "'-'" in caplog.text
@@ -113,7 +111,7 @@ def test_unknown_labels_are_dropped_and_counted_and_all_unknown_is_an_error(tmp_
 
 def test_empty_or_null_texts_are_dropped_and_counted(tmp_path):
     rows = good_rows(6) + [pair(6, s1=""), pair(7, s2="   "), {**pair(8), "translation2": None}]
-    table = read_pairs(write_jsonl(tmp_path / "empty.jsonl", rows), PairColumns(), SIMILARITY)
+    table = read_pairs(write_jsonl(tmp_path / "empty.jsonl", rows), PairColumns(), SIMILARITY_LABELS)
     assert len(table.score) == 6 and table.dropped == {"empty text": 3}
 
 
@@ -232,7 +230,7 @@ def test_a_file_with_a_byte_order_mark_reads_as_its_columns(tmp_path, suffix):
     else:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     path.write_bytes("\ufeff".encode() + text.encode())
-    table = read_pairs(path, PairColumns(), resolve_label_map("similarity", {"similarity": SIMILARITY}))
+    table = read_pairs(path, PairColumns(), resolve_label_map("similarity", {"similarity": SIMILARITY_LABELS}))
     assert table.sentence1 == [r["translation1"] for r in rows] and table.score == [1.0, 0.5, 0.0] * 2
 
 

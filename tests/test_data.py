@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from src.data.datamodule import PairDataModule
-from src.data.files import PairColumns, read_pairs, resolve_label_map, split_by_group
+from src.data.files import SIMILARITY_LABELS, PairColumns, read_pairs, resolve_label_map, split_by_group
 from src.errors import UserInputError
 from tests.helpers import DEMO_PAIRS, write_jsonl
 
 LABEL_MAPS = {
-    "similarity": {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0},
+    "similarity": SIMILARITY_LABELS,
     "seed": {"entailment": 0, "neutral": 1, "contradiction": 2},
     "float": "float",
 }
@@ -155,3 +155,11 @@ def test_a_named_split_file_wins_over_a_carve_fraction(tmp_path, tiny_bert, capl
     dm.setup()
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 30, "val": 7, "test": 10}
     assert f"data: the val split is data.val_file={val} (data.val_fraction=0.2 is not used)" in caplog.messages
+
+
+def test_the_configs_similarity_map_is_the_codes(tmp_path):
+    """conf/data/hebnli.yaml shows users the map; SIMILARITY_LABELS is the code's default: one fact."""
+    from src.config import compose_config
+
+    cfg = compose_config(["+experiment=demo"], tmp_path)
+    assert dict(cfg.data.label_maps.similarity) == SIMILARITY_LABELS

@@ -8,6 +8,7 @@ import nbformat
 import pytest
 
 from src.config import PROJECT_ROOT
+from src.data.files import SIMILARITY_LABELS
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 RESULT = "notebook-result:"
@@ -161,6 +162,6 @@ def test_embeddings_notebook(monkeypatch, sweep):
     assert result["classes"] == ["contradiction", "entailment", "neutral"]
     assert result["neighbours"] == 5
     # the most wrong pairs: the largest gaps between cosine and the label map's target, largest first
-    targets = np.array([{"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}[r["original_label"]] for r in rows])
+    targets = np.array([SIMILARITY_LABELS[r["original_label"]] for r in rows])
     gaps = np.sort(np.abs(np.array(result["cosine"]) - targets))[::-1]
     np.testing.assert_allclose(np.abs(result["worst"]), gaps[:4], atol=1e-6)
