@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import register_resolvers
 from src.errors import user_errors
-from src.model_card import TrainingLogs, render_model_card
+from src.model_card import RunRecord, TrainingLogs, render_model_card
 from src.sources import load_checkpoint_model
 from src.st_format import save_sentence_transformer
 
@@ -38,7 +38,7 @@ def checkpoint_card(model, ckpt_path: Path) -> str | None:
         metrics = {k: float(v) for k, v in trainer.validate(model, datamodule=datamodule, verbose=False)[0].items()}
     states = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("callbacks", {})
     logs = states.get(TrainingLogs.__qualname__, {}).get("rows", [])
-    return render_model_card(model.eval(), run_cfg, datamodule.splits["train"], metrics, logs)
+    return render_model_card(model.eval(), RunRecord.of(run_cfg, datamodule.splits["train"], metrics, logs))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")

@@ -12,6 +12,7 @@ import inspect
 import math
 import platform
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -161,15 +162,44 @@ def _hub_id(name_or_path: str) -> str | None:
     return None if Path(name_or_path).expanduser().exists() else name_or_path
 
 
-def render_model_card(
-    model,
-    cfg: DictConfig,
-    train_split,
-    metrics: Mapping[str, float],
-    logs: list[dict[str, float]],
-) -> str:
-    """The card of a run: `model` its final SentenceEmbeddingModel, `train_split` the tokenized
-    training rows, `metrics` what metrics.json holds, `logs` the rows of `TrainingLogs`."""
+@dataclass
+class RunRecord:
+    """What a card says about the run beside the model itself, gathered once from its config
+    (`RunRecord.of`: by `src.train` at the end of a run, by `src.export` from the run folder)."""
+
+    train_split: Any  # the tokenized training rows (datasets.Dataset)
+    columns: dict[str, str]  # text column (a, b, c) -> its name in the data
+    dataset_name: str
+    val_name: str
+    test_name: str
+    label_map: str
+    non_default: dict[str, Any]  # hyperparameters this run chose
+    every: dict[str, Any]  # all of them
+    metrics: Mapping[str, float]  # what metrics.json holds
+    logs: list[dict[str, float]]  # the rows of `TrainingLogs`
+
+    @classmethod
+    def of(cls, cfg: DictConfig, train_split, metrics: Mapping[str, float], logs: list[dict[str, float]]) -> "RunRecord":
+        data = cfg.data
+        dataset_name = Path(str(data.train_file)).name
+        held_out = f"{dataset_name} (held out)"
+        non_default, every = hyperparameters(cfg)
+        return cls(
+            train_split=train_split,
+            columns={"a": data.columns.sentence1, "b": data.columns.sentence2, "c": "negative"},
+            dataset_name=dataset_name,
+            val_name=Path(str(data.val_file)).name if data.get("val_file") else held_out,
+            test_name=Path(str(data.test_file)).name if data.get("test_file") else held_out,
+            label_map=data.label_map,
+            non_default=non_default,
+            every=every,
+            metrics=metrics,
+            logs=logs,
+        )
+
+
+def render_model_card(model, run: RunRecord) -> str:
+    """The card of a run: `model` its final SentenceEmbeddingModel, `run` what it was trained and scored on."""
     hp = model.hparams
     base = hp.name_or_path
     configs = module_configs(model.encoder)
@@ -177,13 +207,10 @@ def render_model_card(
     loss_name = type(loss).__name__
     loss_config = loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
     loss_citation = getattr(loss, "citation", None)
-    data_columns = cfg.data.columns
-    columns = {"a": data_columns.sentence1, "b": data_columns.sentence2, "c": "negative"}
-    dataset_name = Path(str(cfg.data.train_file)).name
-    val_name = Path(str(cfg.data.val_file)).name if cfg.data.get("val_file") else f"{dataset_name} (held out)"
+    train_split, metrics, logs, val_name = run.train_split, run.metrics, run.logs, run.val_name
     val_tables, test_tables = evaluation_tables(metrics, "val/"), evaluation_tables(metrics, "test/")
     scored_views = [view for view in VIEWS if view in val_tables or view in test_tables]
-    stats = _column_stats(train_split, columns, model.encoder.tokenizer)
+    stats = _column_stats(train_split, run.columns, model.encoder.tokenizer)
     samples = stats["samples"]
 
     front_matter: dict[str, Any] = {
@@ -210,7 +237,6 @@ def render_model_card(
                             for name in view.metric_names],
             } for view in val_tables],
         }]
-    non_default, every = hyperparameters(cfg)
     architecture = (
         "SentenceTransformer(\n"
         f"  (0): Transformer({ {k: v for k, v in configs['transformer'].items() if k != 'model_args'} | {'architecture': type(model.encoder.transformer).__name__} })\n"
@@ -229,21 +255,21 @@ def render_model_card(
         architecture=architecture,
         usage_sentences=[row[0] for row in samples][:3],
         val_name=val_name,
-        test_name=Path(str(cfg.data.test_file)).name if cfg.data.get("test_file") else f"{dataset_name} (held out)",
+        test_name=run.test_name,
         evaluation=[
             {"view": view, "val_table": val_tables.get(view), "test_table": test_tables.get(view)}
             for view in scored_views
         ],
-        dataset_name=dataset_name,
+        dataset_name=run.dataset_name,
         dataset_size=len(train_split),
         stats=stats,
         stats_rows=min(STATS_ROWS, len(train_split)),
-        label_map=cfg.data.label_map,
+        label_map=run.label_map,
         loss_name=loss_name,
         loss_config=loss_config,
         loss_citation=loss_citation if loss_citation and loss_citation.strip() != SBERT_CITATION.strip() else None,
-        non_default=non_default,
-        every=every,
+        non_default=run.non_default,
+        every=run.every,
         logs=logs,
         logs_ndcg=any(row.get("ndcg") is not None for row in logs),  # older checkpoints' rows have no ndcg
         versions={name: v for name, package in FRAMEWORKS.items() if (v := _version(package))},

@@ -75,12 +75,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)[0])
     metrics = {k: float(v) for k, v in sorted(metrics.items())}
     if trainer.is_global_zero:
-        from src.model_card import render_model_card
+        from src.model_card import RunRecord, render_model_card
         from src.st_format import save_sentence_transformer
 
         write_json(output_dir / "metrics.json", metrics)
         log.info("metrics: %s", json.dumps(metrics, indent=2))
-        card = render_model_card(model, cfg, datamodule.splits["train"], metrics, logs)
+        card = render_model_card(model, RunRecord.of(cfg, datamodule.splits["train"], metrics, logs))
         # validate/test above loaded the best checkpoint's weights into `model`; without them it
         # holds the last weights, which are then the best checkpoint too
         save_sentence_transformer(model.encoder, output_dir / "model", card=card)
