@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
+from src.console import pooler_report_dropped
 from src.data.columns import attention_mask_key, input_ids_key
 from src.errors import UserInputError
 from src.pooling import Pooling, pool
@@ -60,7 +61,8 @@ def load_transformer(name_or_path: str, max_seq_length: int, trust_remote_code: 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "attn_implementation": "sdpa"}
     if config.model_type == "bert":
         kwargs["add_pooling_layer"] = False
-    transformer = AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+    with pooler_report_dropped():  # the pooler is left out on purpose
+        transformer = AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
     # Hugging Face models load in eval mode; without this, dropout is silently off in training
     return transformer.train()
 

@@ -29,10 +29,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     every view the data has."""
     from hydra.utils import instantiate
 
+    from src.console import tidy_library_logging
     from src.evaluation.views import VIEWS, evaluation_tables
     from src.schema import check_config, check_node
     from src.sources import load_model
 
+    tidy_library_logging()
     check_config(cfg, sections=("trainer",))
     model = load_model(cfg.model.source, cfg.model.pooling, cfg.model.max_seq_length)
     # the data module tokenizes as the model does, and reads only the split being scored (a pair

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.config import register_resolvers
+from src.console import tidy_library_logging
 from src.errors import user_errors
 from src.model_card import RunRecord, TrainingLogs, render_model_card
 from src.sources import load_checkpoint_model
@@ -43,6 +44,7 @@ def checkpoint_card(model, ckpt_path: Path) -> str | None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
+    tidy_library_logging()
     with user_errors():
         ckpt = Path(cfg.ckpt_path)
         model = load_checkpoint_model(ckpt)

@@ -29,12 +29,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lightning.pytorch.utilities import rank_zero_only
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from src.console import tidy_library_logging
     from src.encoder import check_encoder_config
     from src.model_card import TrainingLogs
     from src.resume import PREEMPTED_EXIT_CODE, check_checkpoint_fits, read_checkpoint_shapes, resolve_ckpt_path
     from src.schema import check_config
     from src.tracking import redact_secrets
 
+    tidy_library_logging()
     output_dir = Path(cfg.paths.output_dir)
     # what a user can get wrong fails here, in seconds, before any data or model work
     check_config(cfg)

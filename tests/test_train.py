@@ -132,6 +132,13 @@ def test_demo_experiment_runs_end_to_end(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert TEN_VAL | TEN_TEST <= set(metrics)
     assert (run / ".hydra" / "config.yaml").is_file()
+    # the console: each message once, no library notice that is not about this run
+    console = result.stdout + result.stderr
+    messages = [line.split("] - ", 1)[1] for line in console.splitlines() if "] - " in line]
+    assert messages and all(a != b for a, b in zip(messages, messages[1:])), "a message printed twice"
+    assert not any(line.startswith("INFO: ") for line in console.splitlines())  # Lightning's own handler
+    for notice in ("LOAD REPORT", "litlogger", "is deprecated", "Traceback"):
+        assert notice not in console, notice
 
 
 @pytest.mark.slow
