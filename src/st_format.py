@@ -8,10 +8,12 @@ back into the settings of a `SentenceEncoder` (transformer folder, pooling, norm
 import importlib.metadata
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils import cached_file
 
 from src.atomic import replace_folder, temporary_folder_for, write_json
 from src.encoder import SentenceEncoder
@@ -57,6 +59,21 @@ def module_configs(encoder: SentenceEncoder) -> dict[str, Any]:
     return {"transformer": transformer, "pooling": pooling, "normalize": bool(encoder.normalize)}
 
 
+def copy_base_tokenizer_files(encoder: SentenceEncoder, folder: Path) -> None:
+    """The tokenizer files the base model ships that `save_pretrained` did not write (transformers 5
+    writes only tokenizer.json; a `vocab.txt` is what older and slow tokenizers read)."""
+    for name in encoder.tokenizer.vocab_files_names.values():
+        if (folder / name).exists():
+            continue
+        try:
+            found = cached_file(encoder.name_or_path, name, _raise_exceptions_for_missing_entries=False)
+        except OSError as e:  # the Hub out of reach: the folder still loads from tokenizer.json
+            log.warning("%s: not copied from %s (%s)", name, encoder.name_or_path, type(e).__name__)
+            continue
+        if found is not None:
+            shutil.copyfile(found, folder / name)
+
+
 def save_sentence_transformer(encoder: SentenceEncoder, output_dir: Path, card: str | None = None) -> Path:
     """Write `encoder` as a sentence-transformers folder at `output_dir`.
 
@@ -69,6 +86,7 @@ def save_sentence_transformer(encoder: SentenceEncoder, output_dir: Path, card: 
     transformer = getattr(encoder.transformer, "_orig_mod", encoder.transformer)  # unwrap torch.compile
     transformer.save_pretrained(tmp)  # config.json + model.safetensors
     encoder.tokenizer.save_pretrained(tmp)  # model_max_length is max_seq_length
+    copy_base_tokenizer_files(encoder, tmp)
     write_json(tmp / "sentence_bert_config.json", configs["transformer"])
     (tmp / "1_Pooling").mkdir()
     write_json(tmp / "1_Pooling" / "config.json", configs["pooling"])

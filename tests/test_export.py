@@ -166,3 +166,5 @@ def test_real_minilm_export_matches_encode(tmp_path, minilm_path):
     assert warned == [] and st.max_seq_length == 256
     expected = model.encoder.encode(SENTENCES)
     assert (torch.from_numpy(st.encode(SENTENCES)) - expected).abs().max() <= 1e-5
+    # the files the base model ships, vocab.txt among them (what slow and older tokenizers read)
+    assert (tmp_path / "model" / "vocab.txt").read_bytes() == (minilm_path / "vocab.txt").read_bytes()
