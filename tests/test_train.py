@@ -144,7 +144,7 @@ def test_demo_experiment_runs_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_real_hebnli_pairs_with_minilm(tmp_path, shared_hebnli):
     cfg = compose_config(
-        ["+experiment=demo", f"data.train_file={shared_hebnli}", "trainer.max_steps=20",
+        ["+experiment=demo", f"data.train_file={shared_hebnli}", "trainer.max_steps=8",
          "trainer.enable_progress_bar=false", "data.val_fraction=0.1", "data.test_fraction=0.1"],
         tmp_path,
     )
