@@ -116,21 +116,22 @@ class PairBatchSampler(Sampler[list[int]]):
         point = self.resume_point
         return point if point is not None and point.epoch == self.epoch else None
 
+    def _cut(self, order: np.ndarray) -> list[np.ndarray]:
+        """`order` in consecutive batches of `batch_size` (the last one may be smaller)."""
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
     def _epoch_batches(self) -> list[np.ndarray]:
-        n, size = len(self.lengths), self.batch_size
         if not self.sampler.shuffle:
-            order = np.argsort(-self.lengths, kind="stable")
-            return [order[i : i + size] for i in range(0, n, size)]
+            return self._cut(np.argsort(-self.lengths, kind="stable"))
         rng = self.sampler.generator()
-        order = rng.permutation(n)
+        order = rng.permutation(len(self.lengths))
         if not self.group_by_length:
-            return [order[i : i + size] for i in range(0, n, size)]
-        mega = size * self.mega_batch_mult
+            return self._cut(order)
+        mega = self.batch_size * self.mega_batch_mult
         batches = []
-        for start in range(0, n, mega):
+        for start in range(0, len(order), mega):
             chunk = order[start : start + mega]
-            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches.extend(chunk[i : i + size] for i in range(0, len(chunk), size))
+            batches.extend(self._cut(chunk[np.argsort(-self.lengths[chunk], kind="stable")]))
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def _pass_batches(self) -> list[np.ndarray]:
@@ -143,8 +144,7 @@ class PairBatchSampler(Sampler[list[int]]):
         left = [batch[~point.trained[batch]] for batch in batches]
         if all(len(kept) in (0, len(batch)) for kept, batch in zip(left, batches)):
             return [kept for kept in left if len(kept)]  # whole batches: the uninterrupted run's own
-        remaining = np.concatenate(left)
-        return [remaining[i : i + self.batch_size] for i in range(0, len(remaining), self.batch_size)]
+        return self._cut(np.concatenate(left))
 
     def _shard(self, batches: list[np.ndarray]) -> list[list[np.ndarray]]:
         """Each rank's batches: every `num_replicas`-th one, the incomplete last round handled so
@@ -185,6 +185,11 @@ class PairBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self._rank_batches():
             yield batch.tolist()
+
+    def relaid(self) -> bool:
+        """Whether this resumed epoch is cut differently than the checkpoint's run cut it (another
+        batch size or number of ranks): Lightning then counts another length for it."""
+        return self._resuming() is not None and len(self) != self.epoch_length()
 
     def epoch_length(self) -> int:
         """Batches per rank in a whole epoch (mega-batches hold whole batches, so grouping adds none)."""

@@ -112,7 +112,6 @@ class PairDataModule(L.LightningDataModule):
         self._resume_point: ResumePoint | None = None
         self._resumed_step = 0
         self._train_sampler: PairBatchSampler | None = None
-        self._relaid = False
         # evaluation needs only the split it scores; training and carving need the train file
         if not train_file and (self.fractions or not (val_file or test_file)):
             raise UserInputError("data.train_file: not set")
@@ -218,9 +217,9 @@ class PairDataModule(L.LightningDataModule):
         """Optimizer steps of the whole run when it resumes an epoch with another layout (batch size,
         ranks), for the learning-rate schedule; None when Lightning's own estimate is right."""
         sampler = self._train_sampler
-        if sampler is None or not self._relaid:
+        if sampler is None or not sampler.relaid():
             return None
-        left_this_epoch = len(sampler) - self._resume_point.batches_done
+        left_this_epoch = len(sampler) - sampler.resume_point.batches_done
         later_epochs = max_epochs - sampler.epoch - 1
         return (
             self._resumed_step
@@ -256,7 +255,6 @@ class PairDataModule(L.LightningDataModule):
         )
         if train:
             self._train_sampler = sampler
-            self._relaid = False
             # the epoch this loader starts in: a loader with workers draws its first batches before
             # Lightning calls set_epoch (the trainer's epoch is 0 until a checkpoint's loops are restored)
             epoch = self.trainer.current_epoch if self.trainer is not None else 0
@@ -268,7 +266,8 @@ class PairDataModule(L.LightningDataModule):
                 sampler.set_epoch(point.epoch + 1)
             elif point is not None:
                 sampler.resume(point)
-                self._relaid = self._note_relayout(sampler, point)
+                if sampler.relaid():
+                    self._note_relayout(sampler, point)
         return DataLoader(
             pairs,
             batch_sampler=sampler,
@@ -277,11 +276,9 @@ class PairDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _note_relayout(self, sampler: PairBatchSampler, point: ResumePoint) -> bool:
-        """Whether the resumed epoch is cut into batches differently than the checkpoint's run did
-        (another batch size or number of ranks); if so, say so and keep later epochs right."""
-        if len(sampler) == sampler.epoch_length():
-            return False
+    def _note_relayout(self, sampler: PairBatchSampler, point: ResumePoint) -> None:
+        """The resumed epoch is cut into batches differently than the checkpoint's run did (another
+        batch size or number of ranks): say so, and keep later epochs right."""
         log.warning(
             "resuming epoch %d with another batch size or number of ranks than the checkpoint's run: its %d "
             "untrained pairs are cut into %d new batches per rank (each pair once); the learning-rate schedule "
@@ -291,7 +288,6 @@ class PairDataModule(L.LightningDataModule):
         # Lightning sizes its epoch loop by this loader's length; the next epoch has the full
         # length again, so the loader must be rebuilt then
         self.trainer.reload_dataloaders_every_n_epochs = 1
-        return True
 
     def train_dataloader(self) -> DataLoader:
         if "train" not in self.splits:
